@@ -1,0 +1,40 @@
+"""surgery: make NR-IQA models robust to adversarial attacks by architecture.
+
+    from surgery import harden
+    robust = harden(model)
+
+implements Meleshin, Chistyakova, Antsiferova & Vatolin, "Robustness as
+Architecture: Designing IQA Models to Withstand Adversarial Perturbations".
+"""
+from .blocks import RobustBlock, RobustBlockConfig, RobustSplice
+from .harden import HardenConfig, apply_config, describe, harden, robust_blocks
+from .io import load, save
+from .locate import ConvBlock, ModelMap, locate
+from .ortho import AOCConv2d, AOLConv2d, CayleyConv2d, get_ortho, register_ortho
+from .zoo import create_model, list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "harden",
+    "describe",
+    "locate",
+    "save",
+    "load",
+    "create_model",
+    "list_models",
+    "register_model",
+    "apply_config",
+    "robust_blocks",
+    "HardenConfig",
+    "RobustBlock",
+    "RobustBlockConfig",
+    "RobustSplice",
+    "ConvBlock",
+    "ModelMap",
+    "CayleyConv2d",
+    "AOLConv2d",
+    "AOCConv2d",
+    "get_ortho",
+    "register_ortho",
+]

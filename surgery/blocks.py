@@ -1,0 +1,155 @@
+"""RobustBlock: pooled, channel-reducing, orthogonal block (Meleshin et al., §3 and Fig. 2).
+
+``AdaptiveAvgPool2d -> s x s`` (s = min(H, W) by default, the paper's square
+input for the orthogonal convolution) ``-> Conv2d(C, C/2)`` (cheaper orthogonal
+layer, which is most effective when it expands channels) ``-> orthogonal conv
+C/2 -> C`` (semi-orthogonal, norm-preserving). The output ``[B, C, s, s]`` feeds
+the convolutional block it was spliced in front of (:class:`RobustSplice`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ortho import get_ortho, ortho_name
+
+__all__ = ["RobustBlock", "RobustBlockConfig", "RobustSplice", "PooledSize"]
+
+PooledSize = Union[int, str]  # an int, "min" (min(H, W)) or "keep" (no pooling)
+
+
+@dataclass(frozen=True)
+class RobustBlockConfig:
+    """Everything needed to rebuild a RobustBlock; plain values only, so it saves as JSON."""
+
+    channels: int
+    hidden_channels: int
+    pooled_size: PooledSize = "min"
+    ortho: str = "cayley"
+    kernel_size: int = 3
+    reduce_kernel_size: int = 1
+    example_size: tuple[int, int] | None = None  # (H, W) it received on harden's example input
+
+    def build(self) -> "RobustBlock":
+        return RobustBlock(
+            self.channels,
+            hidden_channels=self.hidden_channels,
+            pooled_size=self.pooled_size,
+            ortho=self.ortho,
+            kernel_size=self.kernel_size,
+            reduce_kernel_size=self.reduce_kernel_size,
+            example_size=self.example_size,
+        )
+
+
+class RobustBlock(nn.Module):
+    """Pool to a square, reduce channels, restore them with an orthogonal convolution.
+
+    Args:
+        in_channels: channels C of the feature map it receives (and returns).
+        hidden_channels: channels after the reducing conv; default ``C // 2``.
+            Must not exceed C: the orthogonal layer is norm-preserving only when it
+            does not reduce channels.
+        pooled_size: side s of the square map: ``"min"`` (min(H, W)), ``"keep"``
+            (no pooling; the orthogonal layers accept rectangles) or an int.
+        ortho: ``"cayley"`` (default), ``"aol"``, ``"aoc"``, or a layer class.
+        kernel_size: kernel of the orthogonal convolution.
+        reduce_kernel_size: kernel of the channel-reducing convolution.
+        example_size: (H, W) of a typical input, recorded for ``describe``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int | None = None,
+        pooled_size: PooledSize = "min",
+        ortho: str | type = "cayley",
+        kernel_size: int = 3,
+        reduce_kernel_size: int = 1,
+        bias: bool = True,
+        example_size: tuple[int, int] | None = None,
+    ):
+        super().__init__()
+        hidden_channels = max(1, in_channels // 2) if hidden_channels is None else hidden_channels
+        if not 1 <= hidden_channels <= in_channels:
+            raise ValueError(
+                f"hidden_channels must be between 1 and in_channels={in_channels}, got {hidden_channels}: "
+                "the orthogonal layer restores C channels and preserves norms only when it does not reduce them"
+            )
+        if not (pooled_size in ("min", "keep") or (isinstance(pooled_size, int) and pooled_size >= 1)):
+            raise ValueError(f"pooled_size must be 'min', 'keep' or a positive int, got {pooled_size!r}")
+        if reduce_kernel_size % 2 != 1:
+            raise ValueError(f"reduce_kernel_size must be odd to keep the map size, got {reduce_kernel_size}")
+        ortho_cls = get_ortho(ortho)
+        self.config = RobustBlockConfig(
+            channels=in_channels,
+            hidden_channels=hidden_channels,
+            pooled_size=pooled_size,
+            ortho=ortho_name(ortho_cls),
+            kernel_size=kernel_size,
+            reduce_kernel_size=reduce_kernel_size,
+            example_size=example_size,
+        )
+        self.reduce = nn.Conv2d(
+            in_channels, hidden_channels, reduce_kernel_size, padding=reduce_kernel_size // 2, bias=bias
+        )
+        self.ortho = ortho_cls(hidden_channels, in_channels, kernel_size, bias=bias)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of the output for an input of ``height x width``."""
+        size = self.config.pooled_size
+        if size == "keep":
+            return height, width
+        side = min(height, width) if size == "min" else size
+        return side, side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.config.channels:
+            raise ValueError(
+                f"RobustBlock expects a (batch, {self.config.channels}, H, W) feature map, got {tuple(x.shape)}"
+            )
+        size = self.output_size(*x.shape[-2:])
+        if tuple(x.shape[-2:]) != size:
+            x = F.adaptive_avg_pool2d(x, size)
+        return self.ortho(self.reduce(x))
+
+    @torch.no_grad()
+    def norm_ratio(self, height: int, width: int | None = None, samples: int = 4) -> torch.Tensor:
+        """Measured ``||W x|| / ||x||`` of the orthogonal layer's linear part on random inputs.
+
+        1 for a norm-preserving layer, <= 1 for a 1-Lipschitz one. Runs the layer in
+        training mode so nothing is cached.
+        """
+        width = height if width is None else width
+        param = next(self.ortho.parameters())
+        x = torch.randn(samples, self.config.hidden_channels, height, width, device=param.device)
+        was_training = self.ortho.training
+        self.ortho.train()
+        try:
+            linear = self.ortho(x) - self.ortho(torch.zeros_like(x[:1]))
+        finally:
+            self.ortho.train(was_training)
+        return linear.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+
+    def extra_repr(self) -> str:
+        return f"pooled_size={self.config.pooled_size!r}"
+
+
+class RobustSplice(nn.Module):
+    """A RobustBlock in front of the module it protects: ``original(robust(x), *rest)``.
+
+    Replaces that module in its parent, so the model keeps its class, its
+    forward signature and every other parameter name.
+    """
+
+    def __init__(self, robust: RobustBlock, original: nn.Module):
+        super().__init__()
+        self.robust = robust
+        self.original = original
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        return self.original(self.robust(x), *args, **kwargs)

@@ -1,0 +1,186 @@
+"""``harden(model)``: splice RobustBlocks into an existing model (Meleshin et al., §3).
+
+Locates the model's convolutional blocks (:mod:`surgery.locate`), puts a
+:class:`~surgery.blocks.RobustBlock` in front of the chosen ones (by default the
+last block of each branch, the paper's placement) and records what it did in a
+:class:`HardenConfig` on the model, so :func:`surgery.save` / :func:`surgery.load`
+can rebuild it without pickled code.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .blocks import PooledSize, RobustBlock, RobustBlockConfig, RobustSplice
+from .locate import ModelMap, Position, locate
+from .ortho import CayleyConv2d, get_ortho, ortho_name
+
+__all__ = ["harden", "apply_config", "HardenConfig", "describe", "robust_blocks", "CONFIG_ATTR"]
+
+CONFIG_ATTR = "surgery_config"
+
+
+@dataclass
+class HardenConfig:
+    """What ``harden`` did: one RobustBlock config per module name it was put in front of."""
+
+    blocks: dict[str, RobustBlockConfig] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"blocks": {name: asdict(cfg) for name, cfg in self.blocks.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HardenConfig":
+        return cls(blocks={name: RobustBlockConfig(**cfg) for name, cfg in data["blocks"].items()})
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)
+
+
+def apply_config(model: nn.Module, config: HardenConfig) -> nn.Module:
+    """Splice the RobustBlocks described by ``config`` into ``model`` in place (no forward pass)."""
+    # deepest first, so an outer splice does not move an inner module's path
+    for name in sorted(config.blocks, key=lambda n: n.count("."), reverse=True):
+        try:
+            original = model.get_submodule(name)
+        except AttributeError as err:
+            raise ValueError(f"cannot splice before {name!r}: {type(model).__name__} has no such module") from err
+        if isinstance(original, RobustSplice):
+            raise ValueError(f"{name!r} already has a RobustBlock in front of it")
+        param = next(original.parameters(), None)
+        block = config.blocks[name].build()
+        if param is not None:
+            block = block.to(device=param.device, dtype=param.dtype)
+        _replace(model, name, RobustSplice(block, original))
+    previous = getattr(model, CONFIG_ATTR, None)
+    merged = HardenConfig(blocks={**(previous.blocks if previous else {}), **config.blocks})
+    setattr(model, CONFIG_ATTR, merged)
+    return model
+
+
+def harden(
+    model: nn.Module,
+    position: Position = "auto",
+    ortho: str | type = "cayley",
+    *,
+    hidden_channels: int | None = None,
+    kernel_size: int = 3,
+    reduce_kernel_size: int = 1,
+    pooled_size: PooledSize = "min",
+    input_size: Sequence[int] | None = None,
+    example_input: torch.Tensor | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Return ``model`` with a RobustBlock in front of the chosen convolutional blocks.
+
+    Args:
+        model: any ``nn.Module`` mapping images to a score (a pyiqa metric, a timm
+            or torchvision backbone with a head, your own model).
+        position: ``"auto"`` (before the last block of each branch), a 1-based block
+            number (negative counts from the end), a module name such as
+            ``"layer4"``, or a list of those. ``surgery.locate(model)`` lists them.
+        ortho: orthogonal convolution: ``"cayley"`` (default), ``"aol"``, ``"aoc"``
+            or a layer class with the ``nn.Conv2d`` constructor signature.
+        hidden_channels: channels between the reducing and the orthogonal conv;
+            default half the block's input channels.
+        kernel_size: kernel of the orthogonal convolution.
+        reduce_kernel_size: kernel of the channel-reducing convolution.
+        pooled_size: ``"min"`` (square of side min(H, W), the paper's choice),
+            ``"keep"`` (no pooling) or an int.
+        input_size: ``(C, H, W)`` of the example input used to find the blocks
+            (default ``(3, 224, 224)``); ``example_input`` replaces it with a batch.
+        inplace: modify ``model`` itself instead of a deep copy.
+
+    The result is the same class as ``model`` with the same forward signature; it
+    is ready for fine-tuning (``surgery.finetune``). ``surgery.describe`` says what
+    changed.
+    """
+    get_ortho(ortho)  # fail fast on an unknown name
+    target = model if inplace else copy.deepcopy(model)
+    model_map: ModelMap = locate(target, input_size=input_size, example_input=example_input)
+    config = HardenConfig()
+    for name in model_map.resolve(position):
+        channels = model_map.in_shape(name)[0]
+        hidden = max(1, channels // 2) if hidden_channels is None else hidden_channels
+        if not 1 <= hidden <= channels:
+            raise ValueError(
+                f"hidden_channels={hidden} does not fit the block before {name!r}, which has {channels} channels: "
+                f"choose 1..{channels}"
+            )
+        config.blocks[name] = RobustBlockConfig(
+            channels=channels,
+            hidden_channels=hidden,
+            pooled_size=pooled_size,
+            ortho=ortho_name(get_ortho(ortho)),
+            kernel_size=kernel_size,
+            reduce_kernel_size=reduce_kernel_size,
+            example_size=tuple(model_map.in_shape(name)[1:]),
+        )
+    apply_config(target, config)
+    _check_runs(target, model_map, config)
+    return target
+
+
+def _check_runs(model: nn.Module, model_map: ModelMap, config: HardenConfig) -> None:
+    """One forward pass on the example input, so a model that cannot take the pooled map fails now."""
+    example_shape = model_map.calls[""].in_shape
+    param = next(model.parameters())
+    example = torch.rand(example_shape, device=param.device, dtype=param.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as err:
+        raise RuntimeError(
+            f"{type(model).__name__} no longer runs after inserting RobustBlocks before {list(config.blocks)} "
+            f"({type(err).__name__}: {err}). The block pools its input to a square; if the next layer needs the "
+            "original map size, pass pooled_size='keep', or choose another position."
+        ) from err
+    finally:
+        model.train(was_training)
+        for module in model.modules():
+            if isinstance(module, CayleyConv2d):
+                module.clear_cache()
+
+
+def robust_blocks(model: nn.Module) -> dict[str, RobustBlock]:
+    """The RobustBlocks of a hardened model, by the name of the module they protect."""
+    return {
+        name: module.robust for name, module in model.named_modules() if isinstance(module, RobustSplice)
+    }
+
+
+def describe(model: nn.Module, measure: bool = True) -> str:
+    """A readable summary of what ``harden`` changed, with the measured ``||Wx|| / ||x||``
+    of every orthogonal layer (at the size harden's example input gave it) when ``measure``."""
+    blocks = robust_blocks(model)
+    total = sum(p.numel() for p in model.parameters())
+    if not blocks:
+        return f"{type(model).__name__}: not hardened ({total:,} parameters)"
+    added = sum(p.numel() for b in blocks.values() for p in b.parameters())
+    lines = [
+        f"{type(model).__name__}: {len(blocks)} RobustBlock(s), {added:,} of {total:,} parameters "
+        f"({100 * added / (total - added):.1f}% added)"
+    ]
+    for name, block in blocks.items():
+        cfg = block.config
+        lines.append(
+            f"  before {name}: pool -> {cfg.pooled_size}, conv {cfg.channels}->{cfg.hidden_channels} "
+            f"(k={cfg.reduce_kernel_size}), {cfg.ortho} {cfg.hidden_channels}->{cfg.channels} (k={cfg.kernel_size})"
+        )
+        if measure:
+            height, width = block.output_size(*(cfg.example_size or (16, 16)))
+            ratio = block.norm_ratio(height, width)
+            guarantee = "= 1" if getattr(block.ortho, "norm_preserving", True) else "<= 1"
+            lines.append(
+                f"    ||Wx||/||x|| at {height}x{width}: {ratio.min().item():.6f}..{ratio.max().item():.6f} "
+                f"(guarantee {guarantee})"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""Saving and loading hardened models: atomic writes, ``weights_only`` reads.
+
+A file holds plain data only: the hardening config, the zoo spec when the model
+came from :func:`surgery.create_model`, and the state_dict. Loading rebuilds the
+architecture, splices the same RobustBlocks and loads the weights, so no pickled
+code ever runs.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+from torch import nn
+
+from .harden import CONFIG_ATTR, HardenConfig, apply_config
+from .zoo import MODEL_SPEC_ATTR, create_model
+
+__all__ = ["save", "load", "atomic_save"]
+
+FORMAT = "surgery.model.v1"
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> None:
+    """Save a (hardened) model so :func:`load` can rebuild it."""
+    config = getattr(model, CONFIG_ATTR, None)
+    atomic_save(
+        {
+            "format": FORMAT,
+            "model": getattr(model, MODEL_SPEC_ATTR, None),
+            "harden": config.to_dict() if config is not None else None,
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load a model saved by :func:`save`.
+
+    Zoo models rebuild themselves. For any other model pass ``model``: a fresh,
+    unhardened instance of the original architecture; it is hardened in place
+    with the saved config and receives the saved weights.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no saved model at {path!r}")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path!r} is not a readable weights-only surgery file: {err}") from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path!r} was not written by surgery.save (format {FORMAT!r} expected)")
+    if model is None:
+        spec = data["model"]
+        if spec is None:
+            raise ValueError(
+                f"{path!r} holds a model that did not come from surgery.create_model: "
+                "pass model=<a fresh instance of the original architecture> to load it into"
+            )
+        model = create_model(spec["name"], **spec["kwargs"])
+    if data["harden"] is not None:
+        apply_config(model, HardenConfig.from_dict(data["harden"]))
+    model.load_state_dict(data["state_dict"])
+    return model.to(map_location)

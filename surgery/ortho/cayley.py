@@ -1,0 +1,256 @@
+"""Fourier-domain Cayley convolution (Trockman & Kolter, ICLR 2021).
+
+The default orthogonal layer of the RobustBlock (Meleshin et al., "Robustness as
+Architecture", §3). A circular convolution is block-diagonal in the Fourier
+domain: one ``out x in`` complex matrix per frequency of the real FFT. Each
+matrix is replaced by its Cayley transform, which is (semi-)orthogonal:
+
+    A = U - U^H + V^H V,   Q = [(I - A)(I + A)^{-1}; -2 V (I + A)^{-1}]
+
+with ``U`` the first ``in`` rows of the kernel's frequency matrix and ``V`` the
+rest (the reference code's form for ``out > in``; ``out < in`` uses the
+transpose). ``Q^H Q = I``, so ``||y|| = ||x||`` when ``out >= in``.
+
+Two things make it cheap:
+
+* A kxk kernel's frequency matrices are a short Fourier series in the tap
+  offsets, and so is ``V^H V`` (offsets up to ``k - 1``). The Gram matrix is
+  formed once in the spatial domain with one real GEMM over the taps and then
+  evaluated at every frequency with a small phase matrix, instead of one complex
+  ``in x (out-in) x in`` product per frequency.
+* Training solves ``(I + A) z = x`` for the batch only (``y = [2z - x; -2Vz]``);
+  inference caches the explicit ``Q`` once, since the weights are fixed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import OrthoConv2d
+from .linalg import lu_solve
+
+__all__ = ["CayleyConv2d"]
+
+
+class CayleyConv2d(OrthoConv2d):
+    """Orthogonal circular convolution via the Cayley transform in the Fourier domain.
+
+    Same spatial size in and out (circular padding, stride 1); any input size.
+    In eval mode, when no gradient can reach the layer's own parameters, the
+    per-frequency matrices ``Q`` are computed once per input size and cached;
+    ``train()``, ``load_state_dict`` or any in-place change of the weights
+    invalidates the cache. The cache holds ``H * (W // 2 + 1) * out * in``
+    complex64 numbers (2.3 GB for 512 -> 1024 channels at 32x32).
+    """
+
+    norm_preserving = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__(in_channels, out_channels, kernel_size, bias)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        # Learnable scale as in the reference: the kernel enters as alpha * W / ||W||.
+        self.alpha = nn.Parameter(torch.empty((), **factory))
+        self._phase_cache: dict[tuple, torch.Tensor] = {}
+        self._q_cache: tuple[tuple, torch.Tensor] | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size**2)
+            nn.init.uniform_(self.bias, -bound, bound)
+        with torch.no_grad():
+            self.alpha.copy_(self.weight.norm())
+
+    # ------------------------------------------------------------------ caching
+    def clear_cache(self) -> None:
+        """Drop the cached inference matrices (they are rebuilt on the next eval forward)."""
+        self._q_cache = None
+
+    def train(self, mode: bool = True) -> "CayleyConv2d":
+        self.clear_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._q_cache = None
+        self._phase_cache = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def _weights_key(self) -> tuple:
+        return tuple((p._version, p.data_ptr()) for p in (self.weight, self.alpha))
+
+    def _use_cache(self) -> bool:
+        weights_need_grad = self.weight.requires_grad or self.alpha.requires_grad
+        return not self.training and not (torch.is_grad_enabled() and weights_need_grad)
+
+    # ------------------------------------------------------------ frequency math
+    def _phases(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """exp(2*pi*i*(u*d0/H + v*d1/W)): rows = rfft2 frequencies, cols = offsets."""
+        key = (height, width, str(device))
+        if key not in self._phase_cache:
+            k = self.kernel_size
+            d = torch.arange(-(k - 1), k, dtype=torch.float64)
+            d0, d1 = torch.meshgrid(d, d, indexing="ij")
+            u = torch.arange(height, dtype=torch.float64)
+            v = torch.arange(width // 2 + 1, dtype=torch.float64)
+            fu, fv = torch.meshgrid(u, v, indexing="ij")
+            angle = 2 * math.pi * (
+                fu.reshape(-1, 1) * d0.reshape(1, -1) / height + fv.reshape(-1, 1) * d1.reshape(1, -1) / width
+            )
+            self._phase_cache[key] = torch.polar(torch.ones_like(angle), angle).to(device, torch.complex64)
+        return self._phase_cache[key]
+
+    def _offset_index(self, offsets: torch.Tensor) -> torch.Tensor:
+        """Column of the phase matrix for each (d0, d1) offset, |d| <= k - 1."""
+        k = self.kernel_size
+        return (offsets[..., 0] + k - 1) * (2 * k - 1) + offsets[..., 1] + k - 1
+
+    @staticmethod
+    def _series(phase: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """sum_d coef[d] * exp(i * phase[f, d]) for every frequency f -> (F, P, Q) complex."""
+        flat = coef.reshape(coef.shape[0], -1).to(phase.dtype)
+        return (phase @ flat).reshape((phase.shape[0],) + coef.shape[1:])
+
+    def _scaled_kernel(self) -> torch.Tensor:
+        """alpha * W / ||W||, transposed to (in, out, k, k) when out < in so that rows >= cols."""
+        kernel = self.weight.float() * (self.alpha.float() / self.weight.float().norm())
+        return kernel.transpose(0, 1) if self._transposed else kernel
+
+    @property
+    def _transposed(self) -> bool:
+        return self.out_channels < self.in_channels
+
+    def _tap_offsets(self, device: torch.device) -> torch.Tensor:
+        """(k*k, 2) offsets of the kernel taps from the kernel centre."""
+        k = self.kernel_size
+        grid = torch.arange(k, device=device) - (k - 1) // 2
+        return torch.stack(torch.meshgrid(grid, grid, indexing="ij"), dim=-1).reshape(k * k, 2)
+
+    def _system(self, kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The matrix each frequency solves with: I + A, or its transpose when out < in.
+
+        Returned column-major (a transposed view), the layout LAPACK factorises
+        without a transposing copy.
+        """
+        rows, cols, k, _ = kernel.shape
+        taps = k * k
+        device = kernel.device
+        tap_offsets = self._tap_offsets(device)
+        tap_cols = self._offset_index(tap_offsets)
+
+        u_taps = kernel[:cols].permute(2, 3, 0, 1).reshape(taps, cols, cols)
+        # V^H V at offset d = sum over tap pairs (t, t') with e_t' - e_t = d of V_t^T V_t'.
+        v_flat = kernel[cols:].permute(0, 2, 3, 1).reshape(rows - cols, taps * cols)
+        gram = (v_flat.T @ v_flat).reshape(taps, cols, taps, cols).permute(0, 2, 1, 3)
+        pair_cols = self._offset_index(tap_offsets[None, :, :] - tap_offsets[:, None, :]).reshape(-1)
+        zero_col = self._offset_index(torch.zeros(1, 2, dtype=torch.long, device=device))
+
+        coef = kernel.new_zeros((2 * k - 1) ** 2, cols, cols)
+        coef = coef.index_add(0, tap_cols, u_taps)
+        coef = coef.index_add(0, self._offset_index(-tap_offsets), -u_taps.transpose(1, 2))
+        coef = coef.index_add(0, pair_cols, gram.reshape(taps * taps, cols, cols))
+        coef = coef.index_add(0, zero_col, torch.eye(cols, device=device)[None])  # the I of I + A
+
+        phase = self._phases(height, width, device)
+        return self._series(phase, coef if self._transposed else coef.transpose(1, 2)).mT
+
+    def _v_matrices(self, kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """V at every frequency: (F, rows - cols, cols) complex."""
+        rows, cols, k, _ = kernel.shape
+        tap_cols = self._offset_index(self._tap_offsets(kernel.device))
+        phase = self._phases(height, width, kernel.device)[:, tap_cols]
+        return self._series(phase, kernel[cols:].permute(2, 3, 0, 1).reshape(k * k, rows - cols, cols))
+
+    def orthogonal_matrices(self, height: int, width: int | None = None) -> torch.Tensor:
+        """The (semi-)orthogonal matrix of every rfft2 frequency: (H * (W//2+1), out, in) complex."""
+        width = height if width is None else width
+        kernel = self._scaled_kernel()
+        system = self._system(kernel, height, width)
+        eye = torch.eye(system.shape[-1], dtype=system.dtype, device=system.device)
+        inverse = lu_solve(system, eye.expand_as(system))
+        v_freq = self._v_matrices(kernel, height, width)
+        if self._transposed:  # Q = [2 B^-T - I, -2 B^-T V^T]
+            return torch.cat([2 * inverse - eye, -2 * (inverse @ v_freq.mT)], dim=2)
+        return torch.cat([2 * inverse - eye, -2 * (v_freq @ inverse)], dim=1)
+
+    def _cached_matrices(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        key = (height, width, str(device), self._weights_key())
+        if self._q_cache is None or self._q_cache[0] != key:
+            self._q_cache = None  # free the old matrices before building new ones
+            with torch.no_grad():
+                self._q_cache = (key, self.orthogonal_matrices(height, width))
+        return self._q_cache[1]
+
+    def _forward_cached(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        q = self._cached_matrices(height, width, x.device)
+        return _from_frequency(q @ _to_frequency(x), height, width)
+
+    def _forward_solve(self, x: torch.Tensor) -> torch.Tensor:
+        """Q x without forming Q: the V products are spatial convolutions, the solve is per frequency."""
+        height, width = x.shape[-2:]
+        kernel = self._scaled_kernel()
+        rows, cols = kernel.shape[:2]
+        system = self._system(kernel, height, width)
+        v = kernel[cols:]
+        if not self._transposed:  # y = [2z - x; -2 V z], z = B^-1 x
+            z = _from_frequency(lu_solve(system, _to_frequency(x)), height, width)
+            if rows == cols:
+                return 2 * z - x
+            return torch.cat([2 * z - x, -2 * _circular_conv(z, v)], dim=1)
+        # y = 2 B^-T (x_top - V^T x_bottom) - x_top
+        top, bottom = x[:, :cols], x[:, cols:]
+        rhs = top - _circular_conv(bottom, v.transpose(0, 1))
+        return 2 * _from_frequency(lu_solve(system, _to_frequency(rhs)), height, width) - top
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"CayleyConv2d expects a (batch, {self.in_channels}, H, W) tensor, got shape {tuple(x.shape)}"
+            )
+        if min(x.shape[-2:]) < self.kernel_size:
+            raise ValueError(
+                f"CayleyConv2d input {tuple(x.shape[-2:])} is smaller than its kernel ({self.kernel_size}); "
+                "use a larger pooled size or a smaller kernel_size"
+            )
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xf = x.float()
+            y = self._forward_cached(xf) if self._use_cache() else self._forward_solve(xf)
+            if self.bias is not None:
+                y = y + self.bias.float().view(1, -1, 1, 1)
+        return y.to(x.dtype)
+
+
+def _to_frequency(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) real -> (H * (W//2+1), C, N) half spectrum, one matrix column per image."""
+    batch, channels, height, width = x.shape
+    return torch.fft.rfft2(x).permute(2, 3, 1, 0).reshape(height * (width // 2 + 1), channels, batch)
+
+
+def _from_frequency(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`_to_frequency`."""
+    n_freq, channels, batch = y.shape
+    y = y.reshape(height, width // 2 + 1, channels, batch).permute(3, 2, 0, 1)
+    return torch.fft.irfft2(y, s=(height, width))
+
+
+def _circular_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Centred circular cross-correlation: the spatial operator whose frequency matrices are
+    sum_e kernel[:, :, e + c] exp(i theta . e), as used throughout this file."""
+    k = kernel.shape[-1]
+    before, after = (k - 1) // 2, k - 1 - (k - 1) // 2
+    return F.conv2d(F.pad(x, (before, after, before, after), mode="circular"), kernel)
