@@ -222,11 +222,6 @@ class CayleyConv2d(OrthoConv2d):
             raise ValueError(
                 f"CayleyConv2d expects a (batch, {self.in_channels}, H, W) tensor, got shape {tuple(x.shape)}"
             )
-        if min(x.shape[-2:]) < self.kernel_size:
-            raise ValueError(
-                f"CayleyConv2d input {tuple(x.shape[-2:])} is smaller than its kernel ({self.kernel_size}); "
-                "use a larger pooled size or a smaller kernel_size"
-            )
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf = x.float()
             y = self._forward_cached(xf) if self._use_cache() else self._forward_solve(xf)
@@ -252,5 +247,8 @@ def _circular_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Centred circular cross-correlation: the spatial operator whose frequency matrices are
     sum_e kernel[:, :, e + c] exp(i theta . e), as used throughout this file."""
     k = kernel.shape[-1]
-    before, after = (k - 1) // 2, k - 1 - (k - 1) // 2
-    return F.conv2d(F.pad(x, (before, after, before, after), mode="circular"), kernel)
+    height, width = x.shape[-2:]
+    # wrap by indexing rather than F.pad, which refuses maps smaller than the padding
+    rows = (torch.arange(k - 1 + height, device=x.device) - (k - 1) // 2) % height
+    cols = (torch.arange(k - 1 + width, device=x.device) - (k - 1) // 2) % width
+    return F.conv2d(x[:, :, rows][:, :, :, cols], kernel)

@@ -1,0 +1,221 @@
+"""Orthogonal convolutions: exactness against a dense spatial operator, measured norm
+preservation (including the real-size CPU LU hazard), caching, and errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from surgery.ortho import AOCConv2d, AOLConv2d, CayleyConv2d, get_ortho, ortho_name, register_ortho
+from surgery.ortho import linalg
+
+
+def circular_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    k = kernel.shape[-1]
+    before, after = (k - 1) // 2, k - 1 - (k - 1) // 2
+    return F.conv2d(F.pad(x, (before, after, before, after), mode="circular"), kernel)
+
+
+def dense_operator(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The (out*H*W, in*H*W) matrix of a circular convolution, built from basis images."""
+    c_in = kernel.shape[1]
+    basis = torch.eye(c_in * height * width, dtype=torch.float64).reshape(-1, c_in, height, width)
+    return circular_conv(basis, kernel).reshape(c_in * height * width, -1).T
+
+
+def flip(channels: int, height: int, width: int) -> torch.Tensor:
+    """Permutation p -> -p (mod size) of every channel's pixels."""
+    idx = torch.arange(channels * height * width).reshape(channels, height, width)
+    flipped = idx[:, (-torch.arange(height)) % height][:, :, (-torch.arange(width)) % width]
+    return torch.eye(idx.numel(), dtype=torch.float64)[flipped.reshape(-1)]
+
+
+def dense_cayley(layer: CayleyConv2d, height: int, width: int) -> torch.Tensor:
+    """Cayley transform of the whole convolution operator, computed densely in float64:
+    A = U - U^T + V^T V, Q = [(I - A)(I + A)^-1; -2 V (I + A)^-1] (Trockman & Kolter)."""
+    kernel = (layer.weight * (layer.alpha / layer.weight.norm())).detach().double()
+    transposed = layer.out_channels < layer.in_channels
+    if transposed:
+        kernel = kernel.transpose(0, 1)
+    rows, cols = kernel.shape[:2]
+    u = dense_operator(kernel[:cols], height, width)
+    v = dense_operator(kernel[cols:], height, width) if rows > cols else torch.zeros(0, u.shape[0], dtype=u.dtype)
+    a = u - u.T + v.T @ v
+    eye = torch.eye(a.shape[0], dtype=a.dtype)
+    inverse = torch.linalg.inv(eye + a)
+    q = torch.cat([(eye - a) @ inverse, -2 * v @ inverse])
+    if transposed:  # per-frequency plain transpose = spatially flipped adjoint
+        return flip(cols, height, width) @ q.T @ flip(rows, height, width)
+    return q
+
+
+@pytest.mark.parametrize(
+    "c_in,c_out,k,height,width",
+    [
+        (3, 6, 3, 5, 5), (4, 4, 3, 6, 6), (6, 3, 3, 4, 4), (2, 5, 1, 4, 4), (3, 4, 5, 6, 6), (3, 4, 2, 5, 5),
+        (2, 4, 3, 4, 6), (2, 4, 3, 2, 2), (3, 2, 5, 3, 2),  # rectangles, maps smaller than the kernel
+    ],
+)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_cayley_equals_dense_cayley_of_circular_conv(c_in, c_out, k, height, width, mode):
+    torch.manual_seed(0)
+    layer = CayleyConv2d(c_in, c_out, k, bias=False).train(mode == "train")
+    x = torch.randn(3, c_in, height, width)
+    with torch.no_grad():
+        y = layer(x)
+    expected = (dense_cayley(layer, height, width) @ x.double().reshape(3, -1).T).T.reshape(y.shape)
+    torch.testing.assert_close(y.double(), expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("c_in,c_out", [(4, 8), (8, 8), (8, 4)])
+def test_cayley_matrices_are_semi_orthogonal(c_in, c_out):
+    torch.manual_seed(1)
+    q = CayleyConv2d(c_in, c_out, 3).orthogonal_matrices(6, 8).detach()
+    gram = q.mH @ q if c_out >= c_in else q @ q.mH
+    eye = torch.eye(min(c_in, c_out), dtype=gram.dtype).expand_as(gram)
+    torch.testing.assert_close(gram, eye, atol=1e-5, rtol=0)
+
+
+def norm_ratio(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        y = layer(x) - layer(torch.zeros_like(x[:1]))
+    return y.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+
+
+@pytest.mark.slow
+def test_cayley_norm_preserved_at_real_size_on_two_threads():
+    """SPEC §8: batched CPU LU of size >= 256 on 2 threads can silently break orthogonality."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(2)
+        layer = CayleyConv2d(512, 1024, 3)
+        x = torch.randn(2, 512, 32, 32)
+        train_ratio = norm_ratio(layer.train(), x)
+        eval_ratio = norm_ratio(layer.eval(), x)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(train_ratio, torch.ones(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(eval_ratio, torch.ones(2), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cls,c_in,c_out", [(AOCConv2d, 8, 16), (AOCConv2d, 8, 8), (AOLConv2d, 8, 16)])
+def test_orthogonium_layers_keep_their_guarantee(cls, c_in, c_out):
+    torch.manual_seed(3)
+    layer = cls(c_in, c_out, 3)
+    with torch.no_grad():  # move away from the orthogonal initialisation
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ratio = norm_ratio(layer, torch.randn(4, c_in, 12, 12))
+    if cls.norm_preserving:
+        torch.testing.assert_close(ratio, torch.ones(4), atol=1e-4, rtol=0)
+    else:
+        assert (ratio <= 1 + 1e-4).all()
+
+
+def test_cayley_eval_cache_reused_and_invalidated():
+    torch.manual_seed(4)
+    layer = CayleyConv2d(4, 8, 3)
+    x = torch.randn(2, 4, 8, 8)
+    train_out = layer(x).detach()
+    layer.eval()
+    with torch.no_grad():
+        first = layer(x)
+        cached = layer._q_cache[1]
+        second = layer(x)
+        assert layer._q_cache[1] is cached
+        torch.testing.assert_close(first, train_out, atol=1e-5, rtol=1e-5)
+        assert torch.equal(first, second)
+
+        layer.weight.add_(0.5)  # in-place change invalidates
+        changed = layer(x)
+        assert layer._q_cache[1] is not cached
+        assert not torch.allclose(changed, first)
+
+        other = CayleyConv2d(4, 8, 3)
+        layer.load_state_dict(other.state_dict())  # so does loading weights
+        torch.testing.assert_close(layer(x), other.eval()(x))
+    layer.train()
+    assert layer._q_cache is None
+
+
+def test_cayley_eval_with_weight_gradients_does_not_cache():
+    layer = CayleyConv2d(4, 8, 3).eval()
+    layer(torch.randn(1, 4, 6, 6)).sum().backward()
+    assert layer._q_cache is None
+    assert layer.weight.grad is not None and layer.alpha.grad is not None
+
+
+def test_cayley_gradients_reach_input_through_cache():
+    layer = CayleyConv2d(4, 8, 3).eval().requires_grad_(False)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    layer(x).square().sum().backward()
+    assert layer._q_cache is not None
+    x2 = x.detach().clone().requires_grad_()
+    layer.train()(x2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_cayley_state_dict_loads_before_any_forward():
+    source, target = CayleyConv2d(4, 8, 3), CayleyConv2d(4, 8, 3)
+    target.load_state_dict(source.state_dict())
+    x = torch.randn(1, 4, 6, 6)
+    torch.testing.assert_close(target(x), source(x))
+    assert set(source.state_dict()) == {"weight", "bias", "alpha"}
+
+
+def test_cayley_keeps_low_precision_dtype():
+    layer = CayleyConv2d(4, 8, 3)
+    y = layer(torch.randn(1, 4, 6, 6, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+
+
+def test_solve_gradient_matches_autograd_of_linalg_solve():
+    torch.manual_seed(5)
+    matrix = (torch.eye(5) + 0.3 * torch.randn(3, 5, 5, dtype=torch.complex128)).requires_grad_()
+    rhs = torch.randn(3, 5, 2, dtype=torch.complex128, requires_grad=True)
+    torch.autograd.gradcheck(linalg.lu_solve, (matrix, rhs))
+
+
+def test_broken_lu_is_redone_on_one_thread(monkeypatch):
+    real = torch.linalg.lu_factor_ex
+    calls = []
+
+    def flaky(matrix):
+        calls.append(torch.get_num_threads())
+        lu, piv, info = real(matrix)
+        return (lu + 1.0, piv, info) if len(calls) == 1 else (lu, piv, info)
+
+    monkeypatch.setattr(torch.linalg, "lu_factor_ex", flaky)
+    matrix = torch.eye(6) + 0.1 * torch.randn(2, 6, 6)
+    rhs = torch.randn(2, 6, 3)
+    z = linalg.lu_solve(matrix, rhs)
+    torch.testing.assert_close(matrix @ z, rhs, atol=1e-5, rtol=1e-5)
+    assert calls[1] == 1
+
+
+def test_lu_failure_everywhere_raises_clear_error(monkeypatch):
+    real = torch.linalg.lu_factor_ex
+    monkeypatch.setattr(torch.linalg, "lu_factor_ex", lambda m: (lambda lu, p, i: (lu * 0 + float("nan"), p, i))(*real(m)))
+    with pytest.raises(RuntimeError, match="not finite"):
+        linalg.lu_factor(torch.eye(4).expand(2, 4, 4).clone())
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 8, 8), (4, 8, 8)])
+def test_cayley_rejects_bad_inputs(shape):
+    with pytest.raises(ValueError, match=r"\(batch, 4, H, W\)"):
+        CayleyConv2d(4, 8, 3)(torch.randn(shape))
+
+
+def test_registry_names_classes_and_errors():
+    assert get_ortho("cayley") is CayleyConv2d and get_ortho("AOL") is AOLConv2d and get_ortho("aoc") is AOCConv2d
+    assert get_ortho(CayleyConv2d) is CayleyConv2d
+    with pytest.raises(ValueError, match="choose one of"):
+        get_ortho("householder")
+
+    @register_ortho("test-identity")
+    class Identity(nn.Conv2d):
+        def __init__(self, in_channels, out_channels, kernel_size, bias=True):
+            super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+
+    assert get_ortho("test-identity") is Identity and ortho_name(Identity) == "test-identity"
+    assert get_ortho(ortho_name(nn.Conv2d)) is nn.Conv2d  # unregistered classes resolve by import path

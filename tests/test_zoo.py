@@ -1,0 +1,62 @@
+"""The model zoo: builders, checkpoints, output shapes."""
+import pytest
+import torch
+
+import surgery
+from surgery.zoo import Linearity, load_checkpoint
+from tests.conftest import requires_pyiqa
+
+
+def test_factory_lists_the_paper_models():
+    assert {"linearity", "koncept512", "timm-iqa", "dbcnn", "tres"} <= set(surgery.list_models())
+
+
+def test_unknown_model_and_missing_weights_are_explained():
+    with pytest.raises(ValueError, match="available"):
+        surgery.create_model("linearity-v2")
+    with pytest.raises(ValueError, match="checkpoint="):
+        surgery.create_model("linearity", pretrained=True)
+    with pytest.raises(ValueError, match="arch in"):
+        surgery.create_model("linearity", arch="vgg16")
+
+
+def test_linearity_outputs_three_norm_in_norm_predictions():
+    model = Linearity("resnet18").eval()
+    x = torch.rand(2, 3, 64, 80)
+    p6, p7, final = model.forward_branches(x)
+    assert p6.shape == p7.shape == final.shape == (2,)
+    assert torch.equal(model(x), final)
+
+
+@pytest.mark.parametrize("name,kwargs,size", [("koncept512", {}, 160), ("timm-iqa", {"backbone": "resnet18"}, 64)])
+def test_models_map_images_to_one_score(name, kwargs, size):
+    model = surgery.create_model(name, **kwargs).eval()
+    assert model(torch.rand(3, 3, size, size)).shape == (3,)
+
+
+def test_koncept_head_matches_the_paper():
+    head = surgery.create_model("koncept512").head
+    widths = [(m.in_features, m.out_features) for m in head if isinstance(m, torch.nn.Linear)]
+    assert widths == [(1536, 2048), (2048, 1024), (1024, 256), (256, 1)]
+
+
+@pytest.mark.parametrize("wrap", [None, "state_dict", "model"])
+def test_checkpoints_load_in_any_usual_layout(tmp_path, wrap):
+    source = surgery.create_model("timm-iqa", backbone="resnet18")
+    state = source.state_dict()
+    torch.save(state if wrap is None else {wrap: state}, tmp_path / "ckpt.pt")
+    model = surgery.create_model("timm-iqa", backbone="resnet18", checkpoint=tmp_path / "ckpt.pt").eval()
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(model(x), source.eval()(x))
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(Linearity("resnet18"), tmp_path / "nope.pt")
+
+
+@requires_pyiqa
+def test_pyiqa_metrics_build_offline():
+    metric = surgery.create_model("dbcnn")
+    assert type(metric).__name__ == "InferenceModel" and metric.net.__class__.__name__ == "DBCNN"
+    assert metric(torch.rand(1, 3, 64, 64)).shape == (1, 1)
