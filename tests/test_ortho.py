@@ -169,35 +169,61 @@ def test_cayley_keeps_low_precision_dtype():
     assert y.dtype == torch.bfloat16
 
 
-def test_solve_gradient_matches_autograd_of_linalg_solve():
-    torch.manual_seed(5)
-    matrix = (torch.eye(5) + 0.3 * torch.randn(3, 5, 5, dtype=torch.complex128)).requires_grad_()
-    rhs = torch.randn(3, 5, 2, dtype=torch.complex128, requires_grad=True)
-    torch.autograd.gradcheck(linalg.lu_solve, (matrix, rhs))
+def random_series(n_freq=6, n_terms=3, size=5, dtype=torch.complex128):
+    phase = torch.polar(torch.ones(n_freq, n_terms, dtype=torch.float64), torch.rand(n_freq, n_terms, dtype=torch.float64) * 6.3)
+    coef = 0.3 * torch.randn(n_terms, size, size, dtype=torch.float64)
+    coef[0] += torch.eye(size, dtype=torch.float64) * 2
+    return phase.to(dtype), coef
+
+
+def test_series_solve_matches_dense_solve_and_its_gradient():
+    phase, coef = random_series()
+    coef.requires_grad_()
+    rhs = torch.randn(6, 5, 2, dtype=torch.complex128, requires_grad=True)
+    dense = linalg.series_matrices(phase, coef)
+    torch.testing.assert_close(dense, torch.einsum("fd,dab->fab", phase, coef.to(phase.dtype)))
+    torch.testing.assert_close(linalg.series_solve(phase, coef, rhs), torch.linalg.solve(dense, rhs))
+    torch.autograd.gradcheck(lambda c, r: linalg.series_solve(phase, c, r), (coef, rhs))
+
+
+def test_series_solve_backward_chunks_agree(monkeypatch):
+    phase, coef = random_series(n_freq=7)
+    rhs = torch.randn(7, 5, 3, dtype=torch.complex128)
+    grads = []
+    for chunk in (1 << 22, 2 * 25):  # all frequencies at once, then two per chunk
+        monkeypatch.setattr(linalg, "_CHUNK_ELEMENTS", chunk)
+        c = coef.clone().requires_grad_()
+        linalg.series_solve(phase, c, rhs).abs().sum().backward()
+        grads.append(c.grad)
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_broken_lu_is_redone_on_one_thread(monkeypatch):
-    real = torch.linalg.lu_factor_ex
-    calls = []
+    real = linalg._factor_in_place
+    threads = []
 
-    def flaky(matrix):
-        calls.append(torch.get_num_threads())
-        lu, piv, info = real(matrix)
-        return (lu + 1.0, piv, info) if len(calls) == 1 else (lu, piv, info)
+    def flaky(matrices):
+        threads.append(torch.get_num_threads())
+        lu, pivots = real(matrices)
+        if len(threads) == 1:
+            lu.add_(1.0)  # what a faulty threaded LU hands back
+        return lu, pivots
 
-    monkeypatch.setattr(torch.linalg, "lu_factor_ex", flaky)
-    matrix = torch.eye(6) + 0.1 * torch.randn(2, 6, 6)
-    rhs = torch.randn(2, 6, 3)
-    z = linalg.lu_solve(matrix, rhs)
-    torch.testing.assert_close(matrix @ z, rhs, atol=1e-5, rtol=1e-5)
-    assert calls[1] == 1
+    monkeypatch.setattr(linalg, "_factor_in_place", flaky)
+    phase, coef = random_series(dtype=torch.complex64)
+    coef = coef.float()
+    rhs = torch.randn(6, 5, 3, dtype=torch.complex64)
+    z = linalg.series_solve(phase, coef, rhs)
+    torch.testing.assert_close(linalg.series_matrices(phase, coef) @ z, rhs, atol=1e-5, rtol=1e-5)
+    assert len(threads) == 2 and threads[1] == 1
 
 
 def test_lu_failure_everywhere_raises_clear_error(monkeypatch):
-    real = torch.linalg.lu_factor_ex
-    monkeypatch.setattr(torch.linalg, "lu_factor_ex", lambda m: (lambda lu, p, i: (lu * 0 + float("nan"), p, i))(*real(m)))
+    real = linalg._factor_in_place
+    monkeypatch.setattr(linalg, "_factor_in_place", lambda m: (lambda lu, p: (lu.fill_(float("nan")), p))(*real(m)))
+    phase, coef = random_series()
     with pytest.raises(RuntimeError, match="not finite"):
-        linalg.lu_factor(torch.eye(4).expand(2, 4, 4).clone())
+        linalg.series_solve(phase, coef, torch.randn(6, 5, 1, dtype=torch.complex128))
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 8, 8), (4, 8, 8)])

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import OrthoConv2d
-from .linalg import lu_solve
+from .linalg import series_solve
 
 __all__ = ["CayleyConv2d"]
 
@@ -118,12 +118,6 @@ class CayleyConv2d(OrthoConv2d):
         k = self.kernel_size
         return (offsets[..., 0] + k - 1) * (2 * k - 1) + offsets[..., 1] + k - 1
 
-    @staticmethod
-    def _series(phase: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        """sum_d coef[d] * exp(i * phase[f, d]) for every frequency f -> (F, P, Q) complex."""
-        flat = coef.reshape(coef.shape[0], -1).to(phase.dtype)
-        return (phase @ flat).reshape((phase.shape[0],) + coef.shape[1:])
-
     def _scaled_kernel(self) -> torch.Tensor:
         """alpha * W / ||W||, transposed to (in, out, k, k) when out < in so that rows >= cols."""
         kernel = self.weight.float() * (self.alpha.float() / self.weight.float().norm())
@@ -139,12 +133,9 @@ class CayleyConv2d(OrthoConv2d):
         grid = torch.arange(k, device=device) - (k - 1) // 2
         return torch.stack(torch.meshgrid(grid, grid, indexing="ij"), dim=-1).reshape(k * k, 2)
 
-    def _system(self, kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """The matrix each frequency solves with: I + A, or its transpose when out < in.
-
-        Returned column-major (a transposed view), the layout LAPACK factorises
-        without a transposing copy.
-        """
+    def _system(self, kernel: torch.Tensor) -> torch.Tensor:
+        """Series coefficients (one real c x c matrix per offset) of the matrix each
+        frequency solves with: I + A, or its transpose when out < in."""
         rows, cols, k, _ = kernel.shape
         taps = k * k
         device = kernel.device
@@ -163,24 +154,24 @@ class CayleyConv2d(OrthoConv2d):
         coef = coef.index_add(0, self._offset_index(-tap_offsets), -u_taps.transpose(1, 2))
         coef = coef.index_add(0, pair_cols, gram.reshape(taps * taps, cols, cols))
         coef = coef.index_add(0, zero_col, torch.eye(cols, device=device)[None])  # the I of I + A
-
-        phase = self._phases(height, width, device)
-        return self._series(phase, coef if self._transposed else coef.transpose(1, 2)).mT
+        return coef.transpose(1, 2) if self._transposed else coef
 
     def _v_matrices(self, kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """V at every frequency: (F, rows - cols, cols) complex."""
         rows, cols, k, _ = kernel.shape
         tap_cols = self._offset_index(self._tap_offsets(kernel.device))
         phase = self._phases(height, width, kernel.device)[:, tap_cols]
-        return self._series(phase, kernel[cols:].permute(2, 3, 0, 1).reshape(k * k, rows - cols, cols))
+        v_taps = kernel[cols:].permute(2, 3, 0, 1).reshape(k * k, (rows - cols) * cols).to(phase.dtype)
+        return (phase @ v_taps).reshape(phase.shape[0], rows - cols, cols)
 
     def orthogonal_matrices(self, height: int, width: int | None = None) -> torch.Tensor:
         """The (semi-)orthogonal matrix of every rfft2 frequency: (H * (W//2+1), out, in) complex."""
         width = height if width is None else width
         kernel = self._scaled_kernel()
-        system = self._system(kernel, height, width)
-        eye = torch.eye(system.shape[-1], dtype=system.dtype, device=system.device)
-        inverse = lu_solve(system, eye.expand_as(system))
+        phase = self._phases(height, width, kernel.device)
+        cols = kernel.shape[1]
+        eye = torch.eye(cols, dtype=phase.dtype, device=phase.device)
+        inverse = series_solve(phase, self._system(kernel), eye.expand(phase.shape[0], cols, cols))
         v_freq = self._v_matrices(kernel, height, width)
         if self._transposed:  # Q = [2 B^-T - I, -2 B^-T V^T]
             return torch.cat([2 * inverse - eye, -2 * (inverse @ v_freq.mT)], dim=2)
@@ -204,17 +195,17 @@ class CayleyConv2d(OrthoConv2d):
         height, width = x.shape[-2:]
         kernel = self._scaled_kernel()
         rows, cols = kernel.shape[:2]
-        system = self._system(kernel, height, width)
+        phase, system = self._phases(height, width, x.device), self._system(kernel)
         v = kernel[cols:]
         if not self._transposed:  # y = [2z - x; -2 V z], z = B^-1 x
-            z = _from_frequency(lu_solve(system, _to_frequency(x)), height, width)
+            z = _from_frequency(series_solve(phase, system, _to_frequency(x)), height, width)
             if rows == cols:
                 return 2 * z - x
             return torch.cat([2 * z - x, -2 * _circular_conv(z, v)], dim=1)
         # y = 2 B^-T (x_top - V^T x_bottom) - x_top
         top, bottom = x[:, :cols], x[:, cols:]
         rhs = top - _circular_conv(bottom, v.transpose(0, 1))
-        return 2 * _from_frequency(lu_solve(system, _to_frequency(rhs)), height, width) - top
+        return 2 * _from_frequency(series_solve(phase, system, _to_frequency(rhs)), height, width) - top
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:

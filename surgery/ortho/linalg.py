@@ -1,76 +1,127 @@
-"""Batched linear solves for the Cayley transform, safe on every CPU thread count.
+"""Batched solves with matrices given as Fourier series, safe on every CPU thread count.
 
 The Fourier-domain Cayley convolution (Trockman & Kolter, ICLR 2021) solves one
-small dense system per frequency. Some CPU builds of torch return wrong LU factors
-for batched matrices of size >= ~256 when more than one thread is used, either
-raising in ``lu_solve`` or silently producing a non-orthogonal result. Every CPU
-factorisation here is therefore checked with a random probe (one matrix-vector
-product and one solve per matrix, negligible next to the factorisation) and
-redone on a single thread, where it is known to be correct, if the probe fails.
+dense system per frequency, ``M_f z_f = r_f`` with ``M_f = sum_d phase[f, d] coef[d]``
+(a short series in the kernel's tap offsets). At the RobustBlock's real size the
+matrices take over a gigabyte, so :func:`series_solve` keeps memory traffic low:
+the series is written straight into the buffer LAPACK factorises in place, and the
+backward pass accumulates the coefficient gradient frequency chunk by frequency
+chunk instead of materialising a gradient for every matrix.
+
+Some CPU builds of torch return wrong LU factors for batched matrices of size
+>= ~256 when more than one thread is used, either raising in ``lu_solve`` or
+silently producing a non-orthogonal result. Every CPU factorisation is therefore
+checked with a random probe (an extra right-hand-side column whose product
+``M_f p`` comes cheaply from the series) and redone on a single thread, where it
+is known to be correct, if the probe fails.
 """
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
-__all__ = ["lu_factor", "lu_solve"]
+__all__ = ["series_solve", "series_matrices"]
 
 # A correct factorisation of I + A (whose Hermitian part is >= I, so every
 # singular value is >= 1) reproduces the probe to ~1e-6 in float32.
 _PROBE_TOL = 1e-3
+# Frequencies per chunk in the backward pass: about 4M complex numbers of scratch.
+_CHUNK_ELEMENTS = 1 << 22
 
 
-def _probe_ok(matrix: torch.Tensor, lu: torch.Tensor, pivots: torch.Tensor) -> bool:
-    probe = torch.randn(matrix.shape[:-1] + (1,), dtype=matrix.dtype, device=matrix.device)
-    try:
-        back = torch.linalg.lu_solve(lu, pivots, matrix @ probe)
-    except RuntimeError:
-        return False
-    err = torch.linalg.vector_norm(back - probe) / torch.linalg.vector_norm(probe)
-    return bool(torch.isfinite(err)) and float(err) < _PROBE_TOL
+def series_matrices(phase: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``M_f = sum_d phase[f, d] coef[d]`` for every f: (F, c, c), stored column-major."""
+    n_terms, size, _ = coef.shape
+    flat = coef.transpose(1, 2).reshape(n_terms, size * size).to(phase.dtype)
+    return (phase @ flat).reshape(-1, size, size).mT
 
 
-def lu_factor(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """LU factors of a batch of square matrices, verified on CPU.
+def _factor_in_place(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pivots = torch.empty(matrices.shape[:-1], dtype=torch.int32, device=matrices.device)
+    info = torch.empty(matrices.shape[:-2], dtype=torch.int32, device=matrices.device)
+    torch.linalg.lu_factor_ex(matrices, out=(matrices, pivots, info))
+    return matrices, pivots
 
-    Raises ``RuntimeError`` when even the single-threaded factorisation fails the
-    probe, which means the matrices are singular or not finite.
+
+def _probe_error(solved: torch.Tensor, probe: torch.Tensor) -> float:
+    err = torch.linalg.vector_norm(solved - probe, dim=(-2, -1)).amax() / torch.linalg.vector_norm(probe)
+    return float(err) if torch.isfinite(err) else float("inf")
+
+
+def _factor_and_solve(phase: torch.Tensor, coef: torch.Tensor, rhs: torch.Tensor):
+    """LU factors of every ``M_f`` and the solution for ``rhs``.
+
+    On CPU a probe column ``M_f p`` (cheap from the series) rides along with the
+    right-hand side; if it does not come back as ``p`` the factorisation is redone
+    on one thread.
     """
-    lu, pivots, _ = torch.linalg.lu_factor_ex(matrix)
-    if matrix.device.type != "cpu" or _probe_ok(matrix, lu, pivots):
-        return lu, pivots
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        lu, pivots, _ = torch.linalg.lu_factor_ex(matrix)
-        ok = _probe_ok(matrix, lu, pivots)
-    finally:
-        torch.set_num_threads(threads)
-    if not ok:
-        raise RuntimeError(
-            "LU factorisation of the Cayley system failed even on one thread: the "
-            "orthogonal layer's weights are probably not finite (check the learning rate)."
-        )
-    return lu, pivots
+    if phase.device.type != "cpu":
+        lu, pivots = _factor_in_place(series_matrices(phase, coef))
+        return lu, pivots, torch.linalg.lu_solve(lu, pivots, rhs)
+    size = coef.shape[-1]
+    probe = torch.randn(size, 1, dtype=phase.dtype)
+    product = (phase @ (coef.to(phase.dtype) @ probe).reshape(coef.shape[0], size)).unsqueeze(-1)
+    columns = torch.cat([rhs, product], dim=-1)
+
+    def attempt():
+        lu, pivots = _factor_in_place(series_matrices(phase, coef))
+        try:
+            solved = torch.linalg.lu_solve(lu, pivots, columns)
+        except RuntimeError:  # broken pivots
+            return lu, pivots, None
+        return lu, pivots, solved
+
+    lu, pivots, solved = attempt()
+    if solved is None or _probe_error(solved[..., -1:], probe) > _PROBE_TOL:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            lu, pivots, solved = attempt()
+        finally:
+            torch.set_num_threads(threads)
+        if solved is None or _probe_error(solved[..., -1:], probe) > _PROBE_TOL:
+            raise RuntimeError(
+                "LU factorisation of the Cayley system failed even on one thread: the "
+                "orthogonal layer's weights are probably not finite (check the learning rate)."
+            )
+    return lu, pivots, solved[..., :-1]
 
 
-class _SolveFn(torch.autograd.Function):
-    """z = M^{-1} r with the factors shared between forward and backward."""
-
+class _SeriesSolveFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-        lu, pivots = lu_factor(matrix)
-        z = torch.linalg.lu_solve(lu, pivots, rhs)
-        ctx.save_for_backward(lu, pivots, z)
+    def forward(ctx, phase: torch.Tensor, coef: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+        lu, pivots, z = _factor_and_solve(phase, coef.detach(), rhs)
+        ctx.save_for_backward(phase, lu, pivots, z)
+        ctx.coef_dtype = coef.dtype
         return z
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_z: torch.Tensor):
-        lu, pivots, z = ctx.saved_tensors
+        phase, lu, pivots, z = ctx.saved_tensors
         grad_rhs = torch.linalg.lu_solve(lu, pivots, grad_z, adjoint=True)
-        grad_matrix = -grad_rhs @ z.mH if ctx.needs_input_grad[0] else None
-        return grad_matrix, grad_rhs
+        grad_coef = None
+        if ctx.needs_input_grad[1]:
+            # dL/dM_f = -grad_rhs_f z_f^H; dL/dcoef[d] = Re sum_f conj(phase[f, d]) dL/dM_f
+            n_freq, size, _ = grad_rhs.shape
+            chunk = max(1, _CHUNK_ELEMENTS // (size * size))
+            scratch = grad_rhs.new_empty(min(chunk, n_freq), size, size)
+            total = grad_rhs.new_zeros(phase.shape[1], size * size)
+            for start in range(0, n_freq, chunk):
+                stop = min(start + chunk, n_freq)
+                block = scratch[: stop - start]
+                torch.bmm(grad_rhs[start:stop], z[start:stop].mH, out=block)
+                total.addmm_(phase[start:stop].mH, block.reshape(stop - start, size * size), alpha=-1)
+            grad_coef = total.real.reshape(-1, size, size).to(ctx.coef_dtype)
+        return None, grad_coef, grad_rhs
 
 
-def lu_solve(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Differentiable batched solve ``matrix @ z = rhs`` through a verified LU."""
-    return _SolveFn.apply(matrix, rhs)
+def series_solve(phase: torch.Tensor, coef: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve ``(sum_d phase[f, d] coef[d]) z_f = rhs_f`` for every frequency f.
+
+    ``phase``: (F, D) complex constants; ``coef``: (D, c, c) real, differentiable;
+    ``rhs``: (F, c, N) complex, differentiable. Returns z: (F, c, N).
+    """
+    if phase.requires_grad:
+        raise ValueError("series_solve treats phase as a constant")
+    return _SeriesSolveFn.apply(phase, coef, rhs)
