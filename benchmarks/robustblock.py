@@ -6,7 +6,7 @@ own block took inference 31.7 s -> 89.7 s (x2.83) and a training epoch
 100.7 s -> 181.8 s (x1.81) on an A100. Goals here: inference <= x1.10, training
 step <= x1.30. Both models are timed in the same run, alternating, after warm-up.
 
-    python benchmarks/robustblock.py [--batch 8] [--train-batch 8] [--repeats 3] [--device cpu]
+    python benchmarks/robustblock.py [--batch 1 8] [--train-batch 8 16] [--repeats 3] [--device cpu]
 """
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--height", type=int, default=498)
     parser.add_argument("--width", type=int, default=664)
-    parser.add_argument("--batch", type=int, default=8, help="inference batch")
-    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="inference batch sizes")
+    parser.add_argument("--train-batch", type=int, nargs="+", default=[8, 16], help="training batch sizes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ortho", default="cayley")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -59,40 +59,39 @@ def main() -> None:
     print(surgery.describe(hardened, measure=False))
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}")
 
-    images = torch.rand(args.batch, *size, device=device)
+    rows = []
     for model in (original, hardened):
         model.eval().requires_grad_(False)
+    for batch in args.batch:
+        images = torch.rand(batch, *size, device=device)
 
-    def infer(model):
-        def step():
-            with torch.no_grad():
-                model(images)
+        def infer(model, images=images):
+            def step():
+                with torch.no_grad():
+                    model(images)
 
-        return step
+            return step
 
-    inf_o, inf_h = compare(infer(original), infer(hardened), args.repeats, device)
+        rows.append((f"inference, batch {batch}", *compare(infer(original), infer(hardened), args.repeats, device), 1.10))
 
-    train_images = torch.rand(args.train_batch, *size, device=device)
-    targets = torch.rand(args.train_batch, device=device)
+    for batch in args.train_batch:
+        train_images = torch.rand(batch, *size, device=device)
+        targets = torch.rand(batch, device=device)
 
-    def train(model):
-        model.train().requires_grad_(True)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        def train(model, train_images=train_images, targets=targets):
+            model.train().requires_grad_(True)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.mse_loss(model(train_images), targets)
-            loss.backward()
-            optimizer.step()
+            def step():
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.mse_loss(model(train_images), targets)
+                loss.backward()
+                optimizer.step()
 
-        return step
+            return step
 
-    tr_o, tr_h = compare(train(original), train(hardened), args.repeats, device)
+        rows.append((f"training step, batch {batch}", *compare(train(original), train(hardened), args.repeats, device), 1.30))
 
-    rows = [
-        (f"inference, batch {args.batch}", inf_o, inf_h, 1.10),
-        (f"training step, batch {args.train_batch}", tr_o, tr_h, 1.30),
-    ]
     print(f"\nLinearity ({args.arch}) at {args.height}x{args.width}, RobustBlock ({args.ortho}) before the last stage")
     print("| measurement | original (s) | hardened (s) | ratio | goal |")
     print("|---|---|---|---|---|")

@@ -186,6 +186,14 @@ def test_series_solve_matches_dense_solve_and_its_gradient():
     torch.autograd.gradcheck(lambda c, r: linalg.series_solve(phase, c, r), (coef, rhs))
 
 
+def test_unverified_path_used_off_cpu_gives_the_same_solution():
+    phase, coef = random_series()
+    rhs = torch.randn(6, 5, 2, dtype=torch.complex128)
+    _, _, unverified = linalg._factor_and_solve(phase, coef, rhs, verify=False)
+    _, _, verified = linalg._factor_and_solve(phase, coef, rhs, verify=True)
+    torch.testing.assert_close(unverified, verified)
+
+
 def test_series_solve_backward_chunks_agree(monkeypatch):
     phase, coef = random_series(n_freq=7)
     rhs = torch.randn(7, 5, 3, dtype=torch.complex128)

@@ -48,14 +48,14 @@ def _probe_error(solved: torch.Tensor, probe: torch.Tensor) -> float:
     return float(err) if torch.isfinite(err) else float("inf")
 
 
-def _factor_and_solve(phase: torch.Tensor, coef: torch.Tensor, rhs: torch.Tensor):
+def _factor_and_solve(phase: torch.Tensor, coef: torch.Tensor, rhs: torch.Tensor, verify: bool):
     """LU factors of every ``M_f`` and the solution for ``rhs``.
 
-    On CPU a probe column ``M_f p`` (cheap from the series) rides along with the
-    right-hand side; if it does not come back as ``p`` the factorisation is redone
-    on one thread.
+    With ``verify`` (CPU) a probe column ``M_f p`` (cheap from the series) rides
+    along with the right-hand side; if it does not come back as ``p`` the
+    factorisation is redone on one thread.
     """
-    if phase.device.type != "cpu":
+    if not verify:
         lu, pivots = _factor_in_place(series_matrices(phase, coef))
         return lu, pivots, torch.linalg.lu_solve(lu, pivots, rhs)
     size = coef.shape[-1]
@@ -90,7 +90,7 @@ def _factor_and_solve(phase: torch.Tensor, coef: torch.Tensor, rhs: torch.Tensor
 class _SeriesSolveFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, phase: torch.Tensor, coef: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-        lu, pivots, z = _factor_and_solve(phase, coef.detach(), rhs)
+        lu, pivots, z = _factor_and_solve(phase, coef.detach(), rhs, verify=phase.device.type == "cpu")
         ctx.save_for_backward(phase, lu, pivots, z)
         ctx.coef_dtype = coef.dtype
         return z
