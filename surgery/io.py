@@ -8,34 +8,17 @@ code ever runs.
 from __future__ import annotations
 
 import os
-import tempfile
-from typing import Any
 
 import torch
 from torch import nn
 
+from .files import atomic_save
 from .harden import CONFIG_ATTR, HardenConfig, apply_config
 from .zoo import MODEL_SPEC_ATTR, create_model
 
-__all__ = ["save", "load", "atomic_save"]
+__all__ = ["save", "load"]
 
 FORMAT = "surgery.model.v1"
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> None:

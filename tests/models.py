@@ -36,3 +36,15 @@ class FixedSizeHead(nn.Module):
 
     def forward(self, x):
         return self.fc(self.features(x).flatten(1)).squeeze(-1)
+
+
+class TinyIQA(nn.Module):
+    """A small differentiable 'quality' model: conv, ReLU, global mean, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3))).squeeze(-1)

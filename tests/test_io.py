@@ -7,7 +7,7 @@ import torchvision
 
 import surgery
 from surgery import harden, load, save
-from surgery.io import atomic_save
+from surgery.files import atomic_save
 
 
 def outputs(model, x):

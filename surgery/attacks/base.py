@@ -1,0 +1,127 @@
+"""Common interface of the adversarial attacks used to measure IQA robustness.
+
+The threat model of Meleshin et al. (§1, §4): an attacker perturbs an image in
+[0, 1] within a budget to move an NR-IQA model's score, usually up. Every attack
+takes ``(model, images)`` and returns adversarial images that stay in [0, 1] and
+inside the budget. Attacks work on any module that maps images to scores (pyiqa
+metrics included), leave its parameters and train/eval mode untouched, and do not
+compute gradients for its weights.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+from typing import Callable, Iterator, Literal
+
+import torch
+from torch import nn
+
+__all__ = ["Attack", "scores", "score_fn", "check_images", "Direction"]
+
+Direction = Literal["up", "down"]
+
+
+def _is_pyiqa_metric(model: nn.Module) -> bool:
+    return hasattr(model, "net") and hasattr(model, "as_loss") and hasattr(model, "metric_mode")
+
+
+def score_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function images -> (B,) scores with gradients to the images.
+
+    pyiqa metrics switch gradients off in their ``forward`` unless built ``as_loss``;
+    their network is called directly instead (it normalises the input itself).
+    """
+    network = model.net if _is_pyiqa_metric(model) else model
+
+    def score(images: torch.Tensor) -> torch.Tensor:
+        out = network(images)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out.reshape(images.shape[0], -1)[:, 0]
+
+    return score
+
+
+def check_images(images: torch.Tensor) -> torch.Tensor:
+    """Reject what is not a batch of images in [0, 1] with an error that says so."""
+    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] not in (1, 3):
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"expected images as a (batch, 3, H, W) or (batch, 1, H, W) tensor, got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}: divide uint8 images by 255")
+    low, high = float(images.min()), float(images.max())
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise ValueError(
+            f"images must be in [0, 1], got values in [{low:.3g}, {high:.3g}]: "
+            "pass unnormalised images (the model normalises them itself)"
+        )
+    return images
+
+
+def scores(model: nn.Module, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Model scores for a batch of images, without gradients, in chunks: (N,) on the CPU."""
+    check_images(images)
+    score = score_fn(model)
+    device = _device(model)
+    out = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            out.append(score(images[start : start + batch_size].to(device)).float().cpu())
+    result = torch.cat(out)
+    if not torch.isfinite(result).all():
+        bad = (~torch.isfinite(result)).nonzero().flatten().tolist()
+        raise ValueError(f"the model returned NaN or inf for image(s) {bad[:10]}: check the model and its weights")
+    return result
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """No gradients for the model's weights while attacking; restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class Attack(abc.ABC):
+    """Base class: ``attack(model, images, direction="up") -> adversarial images``.
+
+    Subclasses implement :meth:`perturb` on one batch that is already on the
+    model's device and checked; the base class handles checking, freezing the
+    weights, batching and device moves.
+    """
+
+    name: str = "attack"
+
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, direction: Direction = "up", batch_size: int | None = None
+    ) -> torch.Tensor:
+        check_images(images)
+        if direction not in ("up", "down"):
+            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
+        sign = 1.0 if direction == "up" else -1.0
+        device = _device(model)
+        batch_size = batch_size or images.shape[0]
+        out = []
+        with frozen(model):
+            for start in range(0, images.shape[0], batch_size):
+                batch = images[start : start + batch_size].to(device)
+                out.append(self.perturb(score_fn(model), batch, sign).detach().clamp_(0, 1).to(images.device))
+        return torch.cat(out)
+
+    @abc.abstractmethod
+    def perturb(self, score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, sign: float) -> torch.Tensor:
+        """Adversarial version of ``images`` that moves ``sign * score`` up."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"

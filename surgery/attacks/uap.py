@@ -1,0 +1,86 @@
+"""Universal adversarial perturbation (Moosavi-Dezfooli et al. 2017) for IQA, as in
+Meleshin et al. §4: one perturbation, trained over a set of images (10 iterations
+by default), then added to any image.
+
+The perturbation lives at a fixed resolution and is resized (bilinear) to each
+image; it is trained by sign-gradient ascent on the mean score within an l_inf
+ball of radius ``eps``. :meth:`UAP.fit` trains it, calling the attack applies it
+(training on the attacked batch first if it was never fitted), and ``save`` /
+``load`` keep it as a plain tensor file.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..files import atomic_save
+from .base import Attack, Direction, _device, check_images, frozen, score_fn
+
+__all__ = ["UAP"]
+
+
+class UAP(Attack):
+    name = "uap"
+
+    def __init__(
+        self, eps: float = 10 / 255, iterations: int = 10, alpha: float | None = None, size: tuple[int, int] = (224, 224)
+    ):
+        if eps <= 0 or iterations < 1:
+            raise ValueError(f"UAP needs eps > 0 and iterations >= 1, got eps={eps}, iterations={iterations}")
+        self.eps = eps
+        self.iterations = iterations
+        self.alpha = eps / 4 if alpha is None else alpha
+        self.size = tuple(size)
+        self.perturbation: torch.Tensor | None = None
+
+    def _resized(self, height: int, width: int, device: torch.device) -> torch.Tensor:
+        delta = self.perturbation.to(device)
+        if delta.shape[-2:] != (height, width):
+            delta = F.interpolate(delta[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        return delta.clamp(-self.eps, self.eps)
+
+    def fit(
+        self, model: nn.Module, images: torch.Tensor, direction: Direction = "up", batch_size: int = 16
+    ) -> torch.Tensor:
+        """Train the perturbation on ``images``; returns it, (3, *size)."""
+        check_images(images)
+        sign = 1.0 if direction == "up" else -1.0
+        device = _device(model)
+        score = score_fn(model)
+        delta = torch.zeros(images.shape[1], *self.size, device=device)
+        with frozen(model):
+            for _ in range(self.iterations):
+                for start in range(0, images.shape[0], batch_size):
+                    batch = images[start : start + batch_size].to(device)
+                    delta.requires_grad_(True)
+                    resized = F.interpolate(delta[None], size=batch.shape[-2:], mode="bilinear", align_corners=False)
+                    objective = sign * score((batch + resized).clamp(0, 1)).mean()
+                    (grad,) = torch.autograd.grad(objective, delta)
+                    with torch.no_grad():
+                        delta = (delta + self.alpha * grad.sign()).clamp(-self.eps, self.eps)
+        self.perturbation = delta.detach().cpu()
+        return self.perturbation
+
+    def perturb(self, score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, sign: float) -> torch.Tensor:
+        return images + self._resized(*images.shape[-2:], images.device)
+
+    def __call__(self, model, images, direction: Direction = "up", batch_size: int | None = None) -> torch.Tensor:
+        if self.perturbation is None:
+            self.fit(model, images, direction, batch_size or 16)
+        return super().__call__(model, images, direction, batch_size)
+
+    def save(self, path: str | os.PathLike) -> None:
+        if self.perturbation is None:
+            raise ValueError("nothing to save: call fit() first")
+        atomic_save({"perturbation": self.perturbation, "eps": self.eps}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **kwargs) -> "UAP":
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        attack = cls(eps=data["eps"], size=tuple(data["perturbation"].shape[-2:]), **kwargs)
+        attack.perturbation = data["perturbation"]
+        return attack

@@ -1,0 +1,267 @@
+"""``evaluate`` and ``compare``: the paper's robustness protocol in one call (Meleshin et al. §4).
+
+For each model: clean scores (and SROCC / PLCC / KROCC when MOS is given), then
+every attack: PGD-1 and PGD-8 over the eps grid {2, 4, 6, 8, 10}/255 with
+AbsGain and R-Score per eps and their areas under the curve (eps in units of
+1/255), UAP and stAdv with AbsGain and R-Score. Scores are min-max normalised
+with the model's score range: given, measured on ``train_images``, or (with a
+warning in the table) measured on the evaluated images.
+
+Long sweeps show a progress bar and, with ``cache=folder``, store every attacked
+score as soon as its batch is done, so an interrupted run continues where it
+stopped. Nothing here imports the surgery: any model can be evaluated.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import metrics
+from .attacks import EPS_GRID, PGD, UAP, Attack, StAdv, check_images, score_fn, scores
+from .attacks.base import _device, frozen
+from .files import atomic_save, atomic_write_text
+
+__all__ = ["evaluate", "compare", "Table", "AttackSpec", "DEFAULT_ATTACKS", "resolve_attacks"]
+
+AttackSpec = Union[str, Attack]
+DEFAULT_ATTACKS: tuple[str, ...] = ("pgd-1", "pgd-8", "uap", "stadv")
+COLUMNS = ("model", "attack", "eps", "n", "mean_score", "abs_gain", "r_score", "srocc", "plcc", "krocc")
+
+
+def resolve_attacks(specs: Iterable[AttackSpec], eps_grid: Sequence[float] = EPS_GRID) -> list[tuple[str, float | None, Attack]]:
+    """(attack name, eps or None, attack) for every run a list of specs asks for.
+
+    ``"pgd-K"`` (or ``"fgsm"`` = ``"pgd-1"``) expands over the eps grid; ``"uap"`` and
+    ``"stadv"`` run once with their defaults; an :class:`Attack` instance runs as given.
+    """
+    runs = []
+    for spec in specs:
+        if isinstance(spec, Attack):
+            runs.append((spec.name, getattr(spec, "eps", None), spec))
+            continue
+        key = str(spec).lower()
+        if key == "fgsm":
+            key = "pgd-1"
+        if key.startswith("pgd-") and key[4:].isdigit():
+            runs.extend((key, eps, PGD(eps=eps, steps=int(key[4:]))) for eps in eps_grid)
+        elif key == "uap":
+            runs.append((key, UAP().eps, UAP()))
+        elif key == "stadv":
+            runs.append((key, None, StAdv()))
+        else:
+            raise ValueError(f"unknown attack {spec!r}: use 'pgd-1', 'pgd-8' (any 'pgd-K'), 'fgsm', 'uap', 'stadv' or an Attack")
+    return runs
+
+
+def _fingerprint(images: torch.Tensor) -> str:
+    digest = hashlib.sha1(str(tuple(images.shape)).encode())
+    digest.update(images.detach().float().cpu().contiguous().numpy().tobytes()[:: max(1, images.numel() // 65536)])
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Table:
+    """Tidy results: one row per (model, attack, eps), plus per-model summaries."""
+
+    rows: list[dict] = field(default_factory=list)
+    summaries: list[dict] = field(default_factory=list)
+
+    def __add__(self, other: "Table") -> "Table":
+        return Table(self.rows + other.rows, self.summaries + other.summaries)
+
+    def to_dataframe(self, summary: bool = False):
+        import pandas as pd
+
+        return pd.DataFrame(self.summaries if summary else self.rows)
+
+    def to_markdown(self, summary: bool = True) -> str:
+        records = self.summaries if summary else self.rows
+        if not records:
+            return ""
+        keys = list(dict.fromkeys(k for r in records for k in r))
+        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        for record in records:
+            lines.append("| " + " | ".join(_format(record.get(k)) for k in keys) + " |")
+        return "\n".join(lines)
+
+    def to_csv(self, summary: bool = False) -> str:
+        records = self.summaries if summary else self.rows
+        keys = list(dict.fromkeys(k for r in records for k in r))
+        lines = [",".join(keys)] + [",".join(_format(r.get(k), csv=True) for k in keys) for r in records]
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> str:
+        return json.dumps({"rows": self.rows, "summaries": self.summaries}, indent=2, default=float)
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write by extension: .csv (rows), .md (summary table), .json (both); atomically."""
+        suffix = os.path.splitext(os.fspath(path))[1].lower()
+        writers = {".csv": self.to_csv, ".md": self.to_markdown, ".json": self.to_json}
+        if suffix not in writers:
+            raise ValueError(f"cannot write {suffix!r}: use .csv, .md or .json")
+        atomic_write_text(writers[suffix](), path)
+
+
+def _format(value, csv: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "" if csv else "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+class _Cache:
+    """Per-image attacked scores on disk, saved after every batch."""
+
+    def __init__(self, folder: str | os.PathLike | None, model_name: str, fingerprint: str):
+        self.folder = None if folder is None else os.path.join(os.fspath(folder), model_name)
+        self.fingerprint = fingerprint
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.folder, key.replace("/", "_") + ".pt")
+
+    def load(self, key: str, count: int) -> torch.Tensor:
+        if self.folder is not None and os.path.isfile(self._path(key)):
+            data = torch.load(self._path(key), map_location="cpu", weights_only=True)
+            if data["fingerprint"] != self.fingerprint:
+                raise ValueError(
+                    f"cache {self._path(key)!r} was computed on other images; use another cache folder or delete it"
+                )
+            return data["scores"]
+        return torch.full((count,), float("nan"))
+
+    def store(self, key: str, values: torch.Tensor) -> None:
+        if self.folder is not None:
+            atomic_save({"fingerprint": self.fingerprint, "scores": values}, self._path(key))
+
+
+def _attacked_scores(
+    model: nn.Module, attack: Attack, images: torch.Tensor, direction: str, batch_size: int,
+    cache: _Cache, key: str, bar,
+) -> torch.Tensor:
+    values = cache.load(key, images.shape[0])
+    if isinstance(attack, UAP) and attack.perturbation is None:
+        raise ValueError("fit the UAP first (evaluate does it on train_images or the evaluated images)")
+    score = score_fn(model)
+    device = _device(model)
+    for start in range(0, images.shape[0], batch_size):
+        stop = min(start + batch_size, images.shape[0])
+        if not torch.isnan(values[start:stop]).any():
+            bar.update(stop - start)
+            continue
+        adversarial = attack(model, images[start:stop], direction=direction)
+        with torch.no_grad(), frozen(model):
+            values[start:stop] = score(adversarial.to(device)).float().cpu()
+        cache.store(key, values)
+        bar.update(stop - start)
+    if not torch.isfinite(values).all():
+        raise ValueError(f"the model returned NaN or inf under attack {key}")
+    return values
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    mos: Sequence[float] | torch.Tensor | None = None,
+    attacks: Iterable[AttackSpec] = DEFAULT_ATTACKS,
+    *,
+    eps_grid: Sequence[float] = EPS_GRID,
+    score_range: tuple[float, float] | None = None,
+    train_images: torch.Tensor | None = None,
+    direction: str = "up",
+    batch_size: int = 8,
+    cache: str | os.PathLike | None = None,
+    name: str = "model",
+    progress: bool = True,
+) -> Table:
+    """Clean accuracy and attack robustness of ``model`` on ``images`` (N, 3, H, W) in [0, 1].
+
+    Returns a :class:`Table`: ``rows`` (one per attack and eps, with AbsGain and
+    R-Score; the clean row has the correlations) and ``summaries`` (one per model:
+    SROCC, PLCC, KROCC, then per attack AbsGain / R-Score, or their AUCs over eps
+    for PGD). ``train_images`` (if given) set the score range and train the UAP.
+    """
+    check_images(images)
+    clean = scores(model, images, batch_size)
+    source = "given"
+    if score_range is None:
+        reference = scores(model, train_images, batch_size) if train_images is not None else clean
+        score_range = metrics.score_range(reference)
+        source = "train images" if train_images is not None else "evaluated images"
+    lo, hi = score_range
+
+    summary: dict = {"model": name, "n": int(images.shape[0]), "score_range": f"{lo:.4g}..{hi:.4g} ({source})"}
+    clean_row = {k: None for k in COLUMNS} | {"model": name, "attack": "clean", "n": int(images.shape[0])}
+    clean_row["mean_score"] = float(clean.mean())
+    if mos is not None:
+        target = torch.as_tensor(mos, dtype=torch.float64).reshape(-1)
+        if target.numel() != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {target.numel()} MOS values")
+        for metric in ("srocc", "plcc", "krocc"):
+            clean_row[metric] = summary[metric] = getattr(metrics, metric)(clean, target)
+    rows = [clean_row]
+
+    runs = resolve_attacks(attacks, eps_grid)
+    fingerprint = _fingerprint(images)
+    store = _Cache(cache, name, fingerprint)
+    with tqdm(total=len(runs) * images.shape[0], desc=f"attacking {name}", disable=not progress, unit="img") as bar:
+        for attack_name, eps, attack in runs:
+            if isinstance(attack, UAP) and attack.perturbation is None:
+                attack.fit(model, train_images if train_images is not None else images, direction, batch_size)
+            key = attack_name if eps is None else f"{attack_name}-eps{eps * 255:g}"
+            attacked = _attacked_scores(model, attack, images, direction, batch_size, store, key, bar)
+            row = {k: None for k in COLUMNS} | {
+                "model": name,
+                "attack": attack_name,
+                "eps": None if eps is None else round(eps * 255, 6),
+                "n": int(images.shape[0]),
+                "mean_score": float(attacked.mean()),
+                "abs_gain": metrics.abs_gain(clean, attacked, lo, hi),
+                "r_score": metrics.r_score(clean, attacked, lo, hi),
+            }
+            if mos is not None:
+                for metric in ("srocc", "plcc", "krocc"):
+                    row[metric] = getattr(metrics, metric)(attacked, target)
+            rows.append(row)
+
+    for attack_name in dict.fromkeys(r["attack"] for r in rows[1:]):
+        group = [r for r in rows if r["attack"] == attack_name]
+        if len(group) > 1 and all(r["eps"] is not None for r in group):
+            eps_values = [r["eps"] for r in group]
+            summary[f"{attack_name} abs_gain_auc"] = metrics.auc(eps_values, [r["abs_gain"] for r in group])
+            summary[f"{attack_name} r_score_auc"] = metrics.auc(eps_values, [r["r_score"] for r in group])
+        else:
+            summary[f"{attack_name} abs_gain"] = group[0]["abs_gain"]
+            summary[f"{attack_name} r_score"] = group[0]["r_score"]
+    return Table(rows=rows, summaries=[summary])
+
+
+def compare(
+    models: Mapping[str, nn.Module],
+    images: torch.Tensor,
+    mos: Sequence[float] | torch.Tensor | None = None,
+    attacks: Iterable[AttackSpec] = DEFAULT_ATTACKS,
+    *,
+    score_ranges: Mapping[str, tuple[float, float]] | None = None,
+    **kwargs,
+) -> Table:
+    """:func:`evaluate` every model on the same images and attacks; one table side by side.
+
+    ``score_ranges`` gives each model its own normalisation range (by name). Attack
+    names build fresh attacks per model; an :class:`Attack` instance is used as
+    given (a fitted UAP is applied unchanged, i.e. as a transfer attack).
+    """
+    attacks = list(attacks)
+    table = Table()
+    for name, model in models.items():
+        rng = (score_ranges or {}).get(name)
+        table = table + evaluate(model, images, mos, attacks, score_range=rng, name=name, **kwargs)
+    return table

@@ -1,0 +1,118 @@
+"""Attacks raise the score, stay inside their budget and [0, 1], and leave the model alone."""
+import pytest
+import torch
+
+from surgery.attacks import PGD, UAP, StAdv, default_alpha, flow_smoothness, scores, warp
+from tests.models import TinyIQA
+
+
+@pytest.fixture
+def model():
+    return TinyIQA().eval()
+
+
+@pytest.fixture
+def images():
+    return torch.rand(4, 3, 16, 20)
+
+
+@pytest.mark.parametrize("steps", [1, 8])
+@pytest.mark.parametrize("eps", [2 / 255, 10 / 255])
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_pgd_linf_moves_score_within_budget(model, images, steps, eps, direction):
+    adversarial = PGD(eps=eps, steps=steps)(model, images, direction=direction)
+    assert (adversarial - images).abs().max() <= eps + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    change = scores(model, adversarial) - scores(model, images)
+    assert (change > 0).all() if direction == "up" else (change < 0).all()
+
+
+def test_pgd_l2_budget(model, images):
+    adversarial = PGD(eps=0.5, steps=5, alpha=0.2, norm="l2")(model, images)
+    assert ((adversarial - images).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    assert (scores(model, adversarial) > scores(model, images)).all()
+
+
+def test_more_pgd_steps_gain_at_least_as_much(model, images):
+    eps = 6 / 255
+    one = scores(model, PGD(eps=eps, steps=1)(model, images))
+    eight = scores(model, PGD(eps=eps, steps=8, alpha=eps / 4)(model, images))
+    assert (eight >= one - 1e-6).all()
+
+
+def test_step_size_follows_the_protocol():
+    assert default_alpha(4 / 255, 1) == 4 / 255  # FGSM
+    assert default_alpha(4 / 255, 8) == 1 / 255
+    assert PGD(eps=0.1, steps=3, alpha=0.01).alpha == 0.01
+
+
+def test_attacks_leave_parameters_mode_and_grad_flags_alone(model, images):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.fc.weight.requires_grad_(False)
+    for attack in (PGD(steps=2), UAP(iterations=2, size=(8, 8)), StAdv(steps=2)):
+        attack(model, images)
+    assert not model.training
+    assert not model.fc.weight.requires_grad and model.conv.weight.requires_grad
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_attacks_work_in_train_mode_and_keep_it(images):
+    model = TinyIQA().train()
+    PGD(steps=1)(model, images)
+    assert model.training
+
+
+def test_uap_is_universal_and_resizes(model, images, tmp_path):
+    attack = UAP(eps=8 / 255, iterations=10, size=(8, 8))
+    perturbation = attack.fit(model, images)
+    assert perturbation.shape == (3, 8, 8) and perturbation.abs().max() <= 8 / 255 + 1e-7
+    other = torch.rand(3, 3, 24, 12)  # unseen images, another size
+    adversarial = attack(model, other)
+    assert (adversarial - other).abs().max() <= 8 / 255 + 1e-6
+    assert scores(model, adversarial).mean() > scores(model, other).mean()
+    attack.save(tmp_path / "uap.pt")
+    loaded = UAP.load(tmp_path / "uap.pt")
+    assert torch.equal(loaded(model, other), adversarial)
+
+
+def test_stadv_respects_flow_budget_and_raises_score(model, images):
+    attack = StAdv(steps=5, max_flow=0.5)
+    adversarial = attack(model, images)
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    assert scores(model, adversarial).mean() > scores(model, images).mean()
+
+
+def test_warp_identity_and_shift():
+    images = torch.rand(2, 3, 5, 6)
+    torch.testing.assert_close(warp(images, torch.zeros(2, 2, 5, 6)), images)
+    shifted = warp(images, torch.ones(2, 2, 5, 6) * torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+    torch.testing.assert_close(shifted[..., :-1], images[..., 1:])
+    assert flow_smoothness(torch.ones(1, 2, 4, 4)).item() == pytest.approx(4e-6, rel=1e-3)
+    step = torch.zeros(1, 2, 4, 4)
+    step[:, 0, :, 2:] = 1.0  # one vertical edge of height 1: 4 rows x 2 sides / 16 pixels
+    assert flow_smoothness(step).item() == pytest.approx(0.5, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.rand(3, 16, 16), "batch, 3, H, W"),
+        (torch.rand(2, 5, 8, 8), "batch, 3, H, W"),
+        (torch.randint(0, 255, (1, 3, 8, 8), dtype=torch.uint8), "divide uint8"),
+        (torch.rand(1, 3, 8, 8) * 255, r"in \[0, 1\]"),
+        ("image.png", "tensor"),
+    ],
+)
+def test_non_images_are_rejected(model, bad, match):
+    with pytest.raises(ValueError, match=match):
+        PGD()(model, bad)
+
+
+def test_broken_model_is_reported():
+    class Broken(TinyIQA):
+        def forward(self, x):
+            return super().forward(x) * float("nan")
+
+    with pytest.raises(ValueError, match="NaN"):
+        scores(Broken(), torch.rand(2, 3, 8, 8))

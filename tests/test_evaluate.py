@@ -1,0 +1,108 @@
+"""evaluate/compare: the table's numbers follow from the scores; sweeps resume from cache."""
+import json
+
+import pytest
+import torch
+
+import surgery
+from surgery import metrics
+from surgery.attacks import PGD, scores
+from surgery.evaluate import Table, compare, evaluate, resolve_attacks
+from tests.models import TinyIQA
+
+
+@pytest.fixture
+def data():
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 12, 12)
+    return images, torch.linspace(1, 5, 6)
+
+
+def test_resolve_attacks_expands_pgd_over_the_grid():
+    runs = resolve_attacks(["pgd-1", "fgsm", "pgd-8", "uap", "stadv"])
+    names = [name for name, _, _ in runs]
+    assert names.count("pgd-1") == 10 and names.count("pgd-8") == 5 and names[-2:] == ["uap", "stadv"]
+    assert all(a.alpha == e for n, e, a in runs if n == "pgd-1")
+    with pytest.raises(ValueError, match="unknown attack"):
+        resolve_attacks(["cw"])
+
+
+def test_table_numbers_match_hand_computation(data):
+    images, mos = data
+    model = TinyIQA().eval()
+    table = evaluate(model, images, mos, attacks=["pgd-1", "stadv"], eps_grid=(2 / 255, 4 / 255), progress=False)
+    clean = scores(model, images)
+    lo, hi = float(clean.min()), float(clean.max())
+    assert table.rows[0]["attack"] == "clean" and table.rows[0]["srocc"] == pytest.approx(metrics.srocc(clean, mos))
+    pgd_rows = [r for r in table.rows if r["attack"] == "pgd-1"]
+    assert [r["eps"] for r in pgd_rows] == [2, 4]
+    attacked = scores(model, PGD(eps=4 / 255, steps=1)(model, images))
+    assert pgd_rows[1]["abs_gain"] == pytest.approx(metrics.abs_gain(clean, attacked, lo, hi), rel=1e-5)
+    assert pgd_rows[1]["abs_gain"] > pgd_rows[0]["abs_gain"] > 0
+    summary = table.summaries[0]
+    expected_auc = (pgd_rows[0]["abs_gain"] + pgd_rows[1]["abs_gain"]) / 2 * 2
+    assert summary["pgd-1 abs_gain_auc"] == pytest.approx(expected_auc)
+    assert "stadv abs_gain" in summary and "evaluated images" in summary["score_range"]
+
+
+def test_given_score_range_and_train_images(data):
+    images, _ = data
+    model = TinyIQA().eval()
+    table = evaluate(model, images, attacks=["pgd-1"], eps_grid=(2 / 255,), score_range=(-1.0, 1.0), progress=False)
+    assert table.summaries[0]["score_range"].endswith("(given)")
+    table = evaluate(model, images, attacks=[], train_images=torch.rand(4, 3, 12, 12), progress=False)
+    assert "train images" in table.summaries[0]["score_range"]
+
+
+def test_interrupted_sweep_resumes_from_cache(data, tmp_path, monkeypatch):
+    images, mos = data
+    model = TinyIQA().eval()
+    full = evaluate(model, images, mos, attacks=["pgd-1"], eps_grid=(2 / 255, 4 / 255), batch_size=2, progress=False)
+
+    calls = []
+    real_call = PGD.__call__
+
+    def crash_after_three(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(PGD, "__call__", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, images, mos, attacks=["pgd-1"], eps_grid=(2 / 255, 4 / 255), batch_size=2, cache=tmp_path, progress=False)
+    calls.clear()
+    monkeypatch.setattr(PGD, "__call__", lambda self, *a, **k: (calls.append(1), real_call(self, *a, **k))[1])
+    resumed = evaluate(model, images, mos, attacks=["pgd-1"], eps_grid=(2 / 255, 4 / 255), batch_size=2, cache=tmp_path, progress=False)
+    assert len(calls) == 3  # 6 batches in all, 3 were done before the crash
+    for a, b in zip(full.rows, resumed.rows):
+        assert a == pytest.approx(b)
+
+    with pytest.raises(ValueError, match="other images"):
+        evaluate(model, torch.rand(6, 3, 12, 12), attacks=["pgd-1"], eps_grid=(2 / 255,), cache=tmp_path, progress=False)
+
+
+def test_compare_hardened_and_original_side_by_side(data, tmp_path):
+    images, mos = data
+    images = torch.nn.functional.interpolate(images, size=32)
+    original = surgery.create_model("timm-iqa", backbone="resnet18").eval()
+    hardened = surgery.harden(original, input_size=(3, 32, 32)).eval()
+    table = compare({"original": original, "hardened": hardened}, images, mos, attacks=["pgd-1"], eps_grid=(2 / 255, 4 / 255), progress=False)
+    assert [s["model"] for s in table.summaries] == ["original", "hardened"]
+    for path in ("t.csv", "t.md", "t.json"):
+        table.write(tmp_path / path)
+    assert json.loads((tmp_path / "t.json").read_text())["summaries"][1]["model"] == "hardened"
+    assert "| model |" in (tmp_path / "t.md").read_text()
+    assert (tmp_path / "t.csv").read_text().startswith("model,attack,eps")
+    with pytest.raises(ValueError, match="use .csv"):
+        table.write(tmp_path / "t.xlsx")
+
+
+def test_mos_length_must_match(data):
+    images, _ = data
+    with pytest.raises(ValueError, match="6 images but 3 MOS"):
+        evaluate(TinyIQA(), images, [1, 2, 3], attacks=[], progress=False)
+
+
+def test_empty_table_renders():
+    assert Table().to_markdown() == ""
