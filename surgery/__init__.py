@@ -6,8 +6,10 @@
 implements Meleshin, Chistyakova, Antsiferova & Vatolin, "Robustness as
 Architecture: Designing IQA Models to Withstand Adversarial Perturbations".
 """
+from . import attacks, metrics
 from .blocks import RobustBlock, RobustBlockConfig, RobustSplice
 from .harden import HardenConfig, apply_config, describe, harden, robust_blocks
+from .evaluate import Table, compare, evaluate
 from .io import load, save
 from .locate import ConvBlock, ModelMap, locate
 from .ortho import AOCConv2d, AOLConv2d, CayleyConv2d, get_ortho, register_ortho
@@ -19,6 +21,11 @@ __all__ = [
     "harden",
     "describe",
     "locate",
+    "evaluate",
+    "compare",
+    "Table",
+    "attacks",
+    "metrics",
     "save",
     "load",
     "create_model",

@@ -1,11 +1,13 @@
-"""Command line: ``surgery harden | describe | locate | demo`` (also ``python -m surgery``)."""
+"""Command line: ``surgery harden | locate | describe | eval | demo`` (also ``python -m surgery``)."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import surgery
+from surgery.evaluate import DEFAULT_ATTACKS
 
 
 def _model_kwargs(pairs: list[str]) -> dict:
@@ -50,6 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     p_describe = sub.add_parser("describe", help="summarise a model saved by 'surgery harden'")
     p_describe.add_argument("path")
 
+    p_eval = sub.add_parser("eval", help="attack models on a folder of images and report robustness")
+    p_eval.add_argument("models", nargs="+", help="zoo model names or files saved by 'surgery harden'")
+    p_eval.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="for zoo models")
+    p_eval.add_argument("--images", required=True, help="folder of images")
+    p_eval.add_argument("--csv", help="CSV listing the images (and their MOS)")
+    p_eval.add_argument("--image-column", default="image")
+    p_eval.add_argument("--score-column", default=None, help="MOS column of the CSV")
+    p_eval.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
+    p_eval.add_argument("--limit", type=int, help="use only the first N images")
+    p_eval.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS))
+    p_eval.add_argument("--batch-size", type=int, default=8)
+    p_eval.add_argument("--cache", help="folder to resume interrupted sweeps from")
+    p_eval.add_argument("--out", default="results.csv", help=".csv, .md or .json (all three are written beside it)")
+    p_eval.add_argument("--plots", help="folder for the AbsGain-vs-eps and trade-off plots")
+
     p_demo = sub.add_parser("demo", help="harden a built-in model on sample photos")
     p_demo.add_argument("--model", default="linearity")
     p_demo.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
@@ -60,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
         run(args.model, **_model_kwargs(args.model_arg))
         return 0
+    if args.command == "eval":
+        return _evaluate(args)
     if args.command == "describe":
         print(surgery.describe(surgery.load(args.path)))
         return 0
@@ -71,6 +90,33 @@ def main(argv: list[str] | None = None) -> int:
     surgery.save(robust, args.out)
     print(surgery.describe(robust))
     print(f"saved to {args.out}")
+    return 0
+
+
+def _load_model(spec: str, kwargs: dict):
+    return surgery.load(spec) if os.path.isfile(spec) else surgery.create_model(spec, **kwargs)
+
+
+def _evaluate(args) -> int:
+    from .data import ImageFolder
+    from .report import plot_curves, plot_tradeoff
+
+    dataset = ImageFolder(args.images, args.csv, args.image_column, args.score_column, size=tuple(args.size))
+    images, mos = dataset.tensors()
+    if args.limit:
+        images, mos = images[: args.limit], None if mos is None else mos[: args.limit]
+    models = {os.path.splitext(os.path.basename(m))[0]: _load_model(m, _model_kwargs(args.model_arg)).eval() for m in args.models}
+    table = surgery.compare(models, images, mos, args.attacks, batch_size=args.batch_size, cache=args.cache)
+    stem = os.path.splitext(args.out)[0]
+    for suffix in (".csv", ".md", ".json"):
+        table.write(stem + suffix)
+    print(table.to_markdown())
+    if args.plots:
+        os.makedirs(args.plots, exist_ok=True)
+        plot_curves(table, os.path.join(args.plots, "abs_gain_vs_eps.png"))
+        if mos is not None and any("pgd-1" in a for a in args.attacks):
+            plot_tradeoff(table, os.path.join(args.plots, "tradeoff.png"))
+    print(f"wrote {stem}.csv/.md/.json" + (f" and plots in {args.plots}" if args.plots else ""))
     return 0
 
 

@@ -21,3 +21,26 @@ def test_locate_lists_blocks(capsys):
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "surgery", "--help"], capture_output=True, text=True, check=True)
     assert "harden" in result.stdout
+
+
+def test_eval_writes_tables_and_plots(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["image,mos"]
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{i + 1}")
+    (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "res.csv"
+    code = main([
+        "eval", "timm-iqa", "--model-arg", "backbone=resnet18", "--images", str(folder), "--csv", str(tmp_path / "scores.csv"),
+        "--score-column", "mos", "--size", "32", "32", "--attacks", "pgd-1", "--out", str(out), "--plots", str(tmp_path / "plots"),
+    ])
+    assert code == 0
+    assert out.exists() and (tmp_path / "res.md").exists() and (tmp_path / "res.json").exists()
+    assert (tmp_path / "plots" / "abs_gain_vs_eps.png").exists() and (tmp_path / "plots" / "tradeoff.png").exists()
+    assert "pgd-1 abs_gain_auc" in capsys.readouterr().out
