@@ -1,0 +1,65 @@
+"""Overhead of the attack loop: time of PGD-k on a batch / (k x one forward + backward).
+
+The attack loop should add almost nothing to the model's own cost (goal <= 1.10).
+Both are measured in the same run, alternating, after warm-up, on the same model
+and batch.
+
+    python benchmarks/attacks.py [--model linearity] [--batch 8] [--size 224 224] [--steps 1 8]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import surgery
+from surgery.attacks import PGD, score_fn
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="linearity")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, nargs=2, default=(224, 224))
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hardened", action="store_true", help="attack the hardened model instead")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    model = surgery.create_model(args.model).eval()
+    if args.hardened:
+        model = surgery.harden(model, input_size=(3, *args.size)).eval()
+    images = torch.rand(args.batch, 3, *args.size)
+    score = score_fn(model)
+    model.requires_grad_(False)
+
+    def forward_backward():
+        x = images.clone().requires_grad_(True)
+        torch.autograd.grad(score(x).sum(), x)
+
+    base = median_time(forward_backward, args.repeats)
+    print(f"{args.model}{' (hardened)' if args.hardened else ''}, batch {args.batch}, {args.size[0]}x{args.size[1]}, "
+          f"threads {torch.get_num_threads()}")
+    print("| attack | attack (s) | k x (forward + backward) (s) | ratio | goal |")
+    print("|---|---|---|---|---|")
+    for steps in args.steps:
+        attack = PGD(eps=4 / 255, steps=steps)
+        took = median_time(lambda: attack(model, images), args.repeats)
+        print(f"| PGD-{steps} | {took:.3f} | {steps * base:.3f} | {took / (steps * base):.2f} | <= 1.10 |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Baseline defences do what they claim on a toy model."""
+import pytest
+import torch
+from torch import nn
+
+from surgery.defenses import AdversarialTraining, NormRegularization, Sqish, replace_activations
+from surgery.finetune import finetune
+from surgery.losses import mse
+from tests.models import TinyIQA
+
+
+def input_gradient_norm(model, images):
+    x = images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).sum(), x)
+    return grad.abs().flatten(1).sum(1).mean().item()
+
+
+def toy_data(n=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, 8, 8, generator=generator)
+    return images, images.mean((1, 2, 3)) * 4
+
+
+def test_nt_lowers_the_input_gradient_norm():
+    images, targets = toy_data()
+    plain, regularised = TinyIQA(), TinyIQA()
+    regularised.load_state_dict(plain.state_dict())
+    finetune(plain, (images, targets), epochs=3, loss="mse", lr=1e-2, progress=False)
+    finetune(regularised, (images, targets), epochs=3, loss="mse", lr=1e-2, progress=False, defense=NormRegularization(weight=10.0))
+    assert input_gradient_norm(regularised, images) < input_gradient_norm(plain, images)
+
+
+def test_nt_penalty_is_the_finite_difference_slope():
+    model = TinyIQA()
+    images, targets = toy_data(4)
+    defense = NormRegularization(weight=1.0, h=1e-3)
+    extra = defense.loss(model, images, targets, mse) - mse(model(images), targets)
+    x = images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).sum(), x)
+    expected = grad.abs().flatten(1).sum(1).square().mean() / 2  # slope along sign(g) = ||g||_1
+    assert extra.item() == pytest.approx(expected.item(), rel=0.05)
+
+
+def test_at_labels_attacked_images_lower():
+    model = TinyIQA()
+    images, targets = toy_data(4)
+    defense = AdversarialTraining(eps=8 / 255, label_range=(0.0, 4.0))
+    adversarial = defense.adversarial(model, images)
+    assert (adversarial - images).abs().max() <= 8 / 255 + 1e-6
+    assert (model(adversarial) > model(images)).all()
+    labels = defense.adversarial_labels(images, adversarial, targets)
+    assert (labels < targets).all() and (targets - labels <= 4.0).all()
+
+
+def test_at_trains_through_finetune():
+    images, targets = toy_data()
+    result = finetune(TinyIQA(), (images, targets), epochs=1, loss="mse", progress=False, defense=AdversarialTraining())
+    assert result.history[0]["train_loss"] > 0
+
+
+@pytest.mark.parametrize("kind", ["elu", "silu", "gelu", "sqish"])
+def test_replace_activations_everywhere_or_only_new_layers(kind):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU6()))
+    assert replace_activations(model, kind, modules=["2"]) == 1
+    assert isinstance(model[1], nn.ReLU) and not isinstance(model[2][1], (nn.ReLU, nn.ReLU6))
+    assert replace_activations(model, kind) == 1
+    assert not any(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in model.modules())
+    with pytest.raises(ValueError, match="not a module"):
+        replace_activations(model, kind, modules=["head"])
+
+
+def test_sqish_is_smooth_and_relu_like():
+    x = torch.linspace(-6, 6, 101, requires_grad=True)
+    y = Sqish()(x)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.isfinite(grad).all() and (grad[1:] - grad[:-1]).abs().max() < 0.2
+    assert y[-1].item() == pytest.approx(6, rel=0.01) and abs(y[0].item()) < 0.1
