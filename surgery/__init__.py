@@ -10,7 +10,9 @@ from . import attacks, metrics
 from .blocks import RobustBlock, RobustBlockConfig, RobustSplice
 from .harden import HardenConfig, apply_config, describe, harden, robust_blocks
 from .evaluate import Table, compare, evaluate
+from .finetune import FinetuneResult, finetune
 from .io import load, save
+from .prune import PruneReport, prune
 from .locate import ConvBlock, ModelMap, locate
 from .ortho import AOCConv2d, AOLConv2d, CayleyConv2d, get_ortho, register_ortho
 from .zoo import create_model, list_models, register_model
@@ -26,6 +28,10 @@ __all__ = [
     "Table",
     "attacks",
     "metrics",
+    "prune",
+    "PruneReport",
+    "finetune",
+    "FinetuneResult",
     "save",
     "load",
     "create_model",

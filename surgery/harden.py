@@ -29,13 +29,15 @@ class HardenConfig:
     """What ``harden`` did: one RobustBlock config per module name it was put in front of."""
 
     blocks: dict[str, RobustBlockConfig] = field(default_factory=dict)
+    pruning: str | None = None  # what pruning did, for describe()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"blocks": {name: asdict(cfg) for name, cfg in self.blocks.items()}}
+        return {"blocks": {name: asdict(cfg) for name, cfg in self.blocks.items()}, "pruning": self.pruning}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HardenConfig":
-        return cls(blocks={name: RobustBlockConfig(**cfg) for name, cfg in data["blocks"].items()})
+        blocks = {name: RobustBlockConfig(**cfg) for name, cfg in data["blocks"].items()}
+        return cls(blocks=blocks, pruning=data.get("pruning"))
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -59,7 +61,7 @@ def apply_config(model: nn.Module, config: HardenConfig) -> nn.Module:
             block = block.to(device=param.device, dtype=param.dtype)
         _replace(model, name, RobustSplice(block, original))
     previous = getattr(model, CONFIG_ATTR, None)
-    merged = HardenConfig(blocks={**(previous.blocks if previous else {}), **config.blocks})
+    merged = HardenConfig(blocks={**(previous.blocks if previous else {}), **config.blocks}, pruning=config.pruning)
     setattr(model, CONFIG_ATTR, merged)
     return model
 
@@ -73,6 +75,10 @@ def harden(
     kernel_size: int = 3,
     reduce_kernel_size: int = 1,
     pooled_size: PooledSize = "min",
+    prune: str | None = None,
+    amount: float = 0.10,
+    calib: torch.Tensor | None = None,
+    calib_targets: torch.Tensor | None = None,
     input_size: Sequence[int] | None = None,
     example_input: torch.Tensor | None = None,
     inplace: bool = False,
@@ -93,6 +99,9 @@ def harden(
         reduce_kernel_size: kernel of the channel-reducing convolution.
         pooled_size: ``"min"`` (square of side min(H, W), the paper's choice),
             ``"keep"`` (no pooling) or an int.
+        prune: ``"l2"`` or ``"pls"`` to remove about ``amount`` of the weights after
+            splicing (step 2 of the method; see :func:`surgery.prune`); PLS needs
+            ``calib`` images (about 200) and optionally their MOS ``calib_targets``.
         input_size: ``(C, H, W)`` of the example input used to find the blocks
             (default ``(3, 224, 224)``); ``example_input`` replaces it with a batch.
         inplace: modify ``model`` itself instead of a deep copy.
@@ -102,6 +111,8 @@ def harden(
     changed.
     """
     get_ortho(ortho)  # fail fast on an unknown name
+    if prune not in (None, "l2", "pls"):
+        raise ValueError(f"prune must be None, 'l2' or 'pls', got {prune!r}")
     target = model if inplace else copy.deepcopy(model)
     model_map: ModelMap = locate(target, input_size=input_size, example_input=example_input)
     config = HardenConfig()
@@ -124,6 +135,12 @@ def harden(
         )
     apply_config(target, config)
     _check_runs(target, model_map, config)
+    if prune is not None:
+        from .prune import prune as prune_model
+
+        example = torch.rand(model_map.calls[""].in_shape, device=next(target.parameters()).device)
+        report = prune_model(target, prune, amount, calib=calib, calib_targets=calib_targets, example_input=example)
+        getattr(target, CONFIG_ATTR).pruning = str(report)
     return target
 
 
@@ -169,6 +186,9 @@ def describe(model: nn.Module, measure: bool = True) -> str:
         f"{type(model).__name__}: {len(blocks)} RobustBlock(s), {added:,} of {total:,} parameters "
         f"({100 * added / (total - added):.1f}% added)"
     ]
+    pruning = getattr(getattr(model, CONFIG_ATTR, None), "pruning", None)
+    if pruning:
+        lines.append(f"  {pruning}")
     for name, block in blocks.items():
         cfg = block.config
         lines.append(

@@ -61,5 +61,32 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, map_location: 
         model = create_model(spec["name"], **spec["kwargs"])
     if data["harden"] is not None:
         apply_config(model, HardenConfig.from_dict(data["harden"]))
+    _resize_to(model, data["state_dict"])
     model.load_state_dict(data["state_dict"])
     return model.to(map_location)
+
+
+def _resize_to(model: nn.Module, state_dict: dict) -> None:
+    """Give pruned layers the channel counts of the saved weights (pruning only narrows
+    Conv2d, Linear and BatchNorm layers, so rebuilding those with the saved shapes
+    reproduces the pruned architecture)."""
+    for name, module in list(model.named_modules()):
+        weight = state_dict.get(f"{name}.weight" if name else "weight")
+        if weight is None or not hasattr(module, "weight") or module.weight is None or module.weight.shape == weight.shape:
+            continue
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups == module.in_channels and module.groups > 1
+            in_channels = weight.shape[0] if depthwise else weight.shape[1] * module.groups
+            new = nn.Conv2d(
+                in_channels, weight.shape[0], module.kernel_size, module.stride, module.padding, module.dilation,
+                groups=in_channels if depthwise else module.groups, bias=module.bias is not None, padding_mode=module.padding_mode,
+            )
+        elif isinstance(module, nn.Linear):
+            new = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            new = type(module)(weight.shape[0], module.eps, module.momentum, module.affine, module.track_running_stats)
+        else:
+            raise ValueError(f"saved weights of {name!r} ({type(module).__name__}) have shape {tuple(weight.shape)}, "
+                             f"the rebuilt model has {tuple(module.weight.shape)}")
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new.to(module.weight.device))

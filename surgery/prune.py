@@ -1,0 +1,209 @@
+"""Pruning, step 2 of the method (Meleshin et al. §3): remove ~10% of the weights with
+torch-pruning, ranking channels by l2 magnitude (used for Linearity) or by PLS
+(Jordao et al., "Deep network compression based on partial least squares", 2020;
+used for KonCept).
+
+PLS importance: every convolution's globally pooled output on ~200 calibration
+images is regressed onto the quality target (the given MOS, else the model's own
+scores) with scikit-learn's ``PLSRegression``; a channel's importance is its VIP
+score (variable importance in projection).
+
+RobustBlocks are never pruned: their orthogonal layer would lose orthogonality.
+While the dependency graph is built each block is stood in for by a 1x1 conv with
+the same channels, and every channel group that touches it is left whole, so the
+feature map entering and leaving the block keeps its width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning.pruner import function
+
+from .blocks import RobustSplice
+
+__all__ = ["prune", "PruneReport", "PLSImportance", "vip_scores", "pls_importances"]
+
+
+@dataclass
+class PruneReport:
+    method: str
+    amount: float
+    channel_ratio: float
+    params_before: int
+    params_after: int
+
+    @property
+    def removed(self) -> float:
+        """Fraction of parameters removed."""
+        return 1 - self.params_after / self.params_before
+
+    def __str__(self) -> str:
+        return (
+            f"{self.method} pruning: {self.params_before:,} -> {self.params_after:,} parameters "
+            f"({100 * self.removed:.1f}% removed, {100 * self.channel_ratio:.1f}% of each prunable layer's channels)"
+        )
+
+
+def vip_scores(features: np.ndarray, target: np.ndarray, n_components: int = 2) -> np.ndarray:
+    """VIP score of every feature column in a PLS regression of ``target`` on ``features``."""
+    from sklearn.cross_decomposition import PLSRegression
+
+    n, p = features.shape
+    components = max(1, min(n_components, p, n - 1))
+    pls = PLSRegression(n_components=components, scale=True).fit(features, target.reshape(-1, 1))
+    t, w, q = pls.x_scores_, pls.x_weights_, pls.y_loadings_
+    explained = (t**2).sum(axis=0) * (q[0] ** 2)  # Y variance explained per component
+    weights = (w / np.linalg.norm(w, axis=0, keepdims=True)) ** 2
+    return np.sqrt(p * (weights @ explained) / explained.sum())
+
+
+@torch.no_grad()
+def pls_importances(
+    model: nn.Module, calib: torch.Tensor, target: torch.Tensor | None = None, batch_size: int = 16
+) -> dict[nn.Module, torch.Tensor]:
+    """VIP scores of the output channels of every conv / linear layer on calibration images."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    pooled: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in layers}
+    handles = [
+        m.register_forward_hook(lambda mod, a, out: pooled[mod].append(out.flatten(2).mean(2) if out.ndim == 4 else out))
+        for m in layers
+    ]
+    outputs = []
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, calib.shape[0], batch_size):
+            batch = calib[start : start + batch_size].to(device)
+            out = model(batch)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            outputs.append(out.reshape(batch.shape[0], -1)[:, 0].float().cpu())
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    y = (target if target is not None else torch.cat(outputs)).double().numpy()
+    if np.ptp(y) == 0:
+        raise ValueError("the PLS target is constant on the calibration set: pass calib_targets (MOS) or more varied images")
+    scores = {}
+    for layer, chunks in pooled.items():
+        if chunks:
+            x = torch.cat(chunks).double().cpu().numpy()
+            x = x + 1e-12 * np.random.default_rng(0).standard_normal(x.shape)  # constant channels break scaling
+            scores[layer] = torch.from_numpy(vip_scores(x, y)).float()
+    return scores
+
+
+class PLSImportance(tp.importance.GroupMagnitudeImportance):
+    """torch-pruning importance from precomputed per-layer VIP scores, averaged over a group."""
+
+    def __init__(self, vip: dict[nn.Module, torch.Tensor]):
+        super().__init__(p=2, group_reduction="mean", normalizer=None)
+        self.vip = vip
+
+    @torch.no_grad()
+    def __call__(self, group):
+        group_imp, group_idxs = [], []
+        for i, (dep, idxs) in enumerate(group):
+            if dep.pruning_fn in (function.prune_conv_out_channels, function.prune_linear_out_channels) and dep.layer in self.vip:
+                group_imp.append(self.vip[dep.layer][idxs])
+                group_idxs.append(group[i].root_idxs)
+        if not group_imp:
+            return None
+        return self._reduce(group_imp, group_idxs)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune(
+    model: nn.Module,
+    method: str = "l2",
+    amount: float = 0.10,
+    *,
+    calib: torch.Tensor | None = None,
+    calib_targets: torch.Tensor | None = None,
+    example_input: torch.Tensor | None = None,
+    input_size: Sequence[int] = (3, 224, 224),
+    ignored: Sequence[nn.Module] = (),
+) -> PruneReport:
+    """Remove about ``amount`` of the prunable weights of ``model`` in place.
+
+    Each prunable layer loses ``1 - sqrt(1 - amount)`` of its channels (both sides of
+    a convolution shrink, so that removes about ``amount`` of its weights). The
+    output layer and RobustBlocks are kept whole. ``method="pls"`` needs ``calib``:
+    about 200 images in [0, 1] (3% of the data in the paper) and optionally their MOS.
+    Models with auxiliary outputs (Linearity's ``forward_branches``) are traced through
+    all of them, so every head stays consistent.
+    """
+    if method not in ("l2", "pls"):
+        raise ValueError(f"method must be 'l2' or 'pls', got {method!r}")
+    if not 0 < amount < 1:
+        raise ValueError(f"amount is a fraction of the weights, 0 < amount < 1, got {amount}")
+    if method == "pls" and calib is None:
+        raise ValueError("PLS pruning needs calibration images: pass calib=<about 200 images in [0, 1]>")
+    param = next(model.parameters())
+    if example_input is None:
+        example_input = torch.rand((1, *input_size), device=param.device, dtype=param.dtype)
+    before = _count(model)
+    importance = (
+        tp.importance.MagnitudeImportance(p=2) if method == "l2" else PLSImportance(pls_importances(model, calib, calib_targets))
+    )
+    splices = [m for m in model.modules() if isinstance(m, RobustSplice)]
+    blocks = [s.robust for s in splices]
+    stand_ins = [nn.Conv2d(b.config.channels, b.config.channels, 1).to(param.device) for b in blocks]
+    last_layer = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    ratio = 1 - (1 - amount) ** 0.5
+    was_training = model.training
+    model.eval()
+    for splice, stand_in in zip(splices, stand_ins):
+        splice.robust = stand_in
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example_input,
+            importance=importance,
+            pruning_ratio=ratio,
+            ignored_layers=[last_layer, *_output_layers(model, example_input), *stand_ins, *ignored],
+            forward_fn=_all_outputs if hasattr(model, "forward_branches") else None,
+        )
+        for group in pruner.step(interactive=True):
+            if not any(dep.layer in stand_ins for dep, _ in group):
+                group.prune()
+    finally:
+        for splice, block in zip(splices, blocks):
+            splice.robust = block
+        model.train(was_training)
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    except Exception as err:
+        raise RuntimeError(f"the pruned model no longer runs ({type(err).__name__}: {err}); pass the layer in ignored=") from err
+    finally:
+        model.train(was_training)
+    return PruneReport(method, amount, ratio, before, _count(model))
+
+
+def _all_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.stack(model.forward_branches(x), dim=1)
+
+
+def _output_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    """The layers producing each output of ``forward_branches`` (kept whole, like the last layer)."""
+    if not hasattr(model, "forward_branches"):
+        return []
+    last_calls: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, a, o: last_calls.append(mod)) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.forward_branches(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [m for m in last_calls if m.out_features == 1]
