@@ -62,3 +62,96 @@ def test_missing_paths_and_columns(folder, kwargs, error, match):
         kwargs["csv_path"] = folder / kwargs["csv_path"]
     with pytest.raises(error, match=match):
         ImageFolder(root, **kwargs)
+
+
+# --------------------------------------------------------------------------- KonIQ / NIPS
+import os  # noqa: E402
+
+from surgery.data import NIPS2017, KonIQ10k, SyntheticIQA, distort, koniq_split  # noqa: E402
+
+KONIQ_HEADER = "image_name,c1,c2,c3,c4,c5,c_total,MOS,SD,set\n"
+
+
+@pytest.fixture
+def koniq(tmp_path):
+    rng = np.random.default_rng(1)
+    lines = [KONIQ_HEADER]
+    sets = ["training"] * 6 + ["validation", "test", "test", "training"]
+    for i, split in enumerate(sets):
+        Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
+        lines.append(f"{i}.jpg,0.0,0.1,0.3,0.5,0.1,100,{50 + i}.5,0.5,{split}\n")
+    (tmp_path / "koniq.csv").write_text("".join(lines))
+    return tmp_path
+
+
+def test_koniq_official_and_paper_splits(koniq):
+    names, mos = koniq_split(koniq / "koniq.csv", "train")
+    assert len(names) == 7 and mos[0] == 50.5
+    assert koniq_split(koniq / "koniq.csv", "test")[0] == ["7.jpg", "8.jpg"]
+    paper = [koniq_split(koniq / "koniq.csv", s, mode="paper", seed=3)[0] for s in ("train", "val", "test")]
+    assert [len(p) for p in paper] == [7, 1, 2] and len(set(sum(paper, []))) == 10
+    dataset = KonIQ10k(koniq, koniq / "koniq.csv", "val", size=(8, 10))
+    image, score = dataset[0]
+    assert image.shape == (3, 8, 10) and score.item() == 56.5
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda d: koniq_split(d / "none.csv"), FileNotFoundError, "none.csv"),
+        (lambda d: koniq_split(d / "koniq.csv", "holdout"), ValueError, "split must be"),
+        (lambda d: KonIQ10k(d / "missing", d / "koniq.csv"), FileNotFoundError, "image folder"),
+    ],
+)
+def test_koniq_errors(koniq, call, error, match):
+    with pytest.raises(error, match=match):
+        call(koniq)
+
+
+def test_koniq_rejects_other_tables(tmp_path):
+    (tmp_path / "other.csv").write_text("name,score\na.png,1\n")
+    with pytest.raises(ValueError, match="not the KonIQ-10k table"):
+        koniq_split(tmp_path / "other.csv")
+
+
+def test_nips_reads_table_and_images(tmp_path):
+    os.makedirs(tmp_path / "images")
+    rows = ["ImageId,URL,License,Author\n"]
+    for name in ("aa", "bb"):
+        Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{name}.png")
+        rows.append(f"{name},http://example.invalid/{name},CC-BY,someone\n")
+    (tmp_path / "images.csv").write_text("".join(rows))
+    dataset = NIPS2017(tmp_path, size=(16, 16))
+    assert len(dataset) == 2 and dataset[1].shape == (3, 16, 16) and "CC-BY" in dataset.attribution(0)
+    with pytest.raises(ValueError, match="not in"):
+        NIPS2017(tmp_path, ids=["zz"])
+    with pytest.raises(FileNotFoundError, match="images.csv"):
+        NIPS2017(tmp_path / "images")
+
+
+# --------------------------------------------------------------------------- synthetic pseudo-MOS
+@pytest.mark.parametrize("kind", ["blur", "noise", "jpeg", "contrast"])
+def test_distortions_get_stronger_with_level(kind):
+    torch.manual_seed(0)
+    image = torch.rand(3, 32, 32) * 0.5 + torch.linspace(0, 0.5, 32)
+    errors = [(distort(image, kind, level) - image).abs().mean().item() for level in range(1, 6)]
+    assert errors == sorted(errors) and errors[0] > 0
+    assert torch.equal(distort(image, kind, 3, seed=1), distort(image, kind, 3, seed=1))
+
+
+def test_synthetic_set_labels_split_and_cache(tmp_path):
+    torch.manual_seed(0)
+    references = torch.rand(5, 3, 32, 32)
+    dataset = SyntheticIQA(references, metric="gmsd", distortions=("blur", "noise"), levels=3, cache=tmp_path / "labels.pt")
+    assert len(dataset) == 5 * (1 + 2 * 3)
+    pristine, label = dataset[0]
+    assert torch.equal(pristine, references[0]) and label.item() == pytest.approx(1.0, abs=1e-4)
+    blur = [dataset.labels[1 + i].item() for i in range(3)]
+    assert blur == sorted(blur, reverse=True)  # stronger blur, lower pseudo-MOS
+    train, val, test = dataset.split((0.6, 0.2, 0.2), seed=0)
+    refs = [{dataset.reference_of(i) for i in s.indices} for s in (train, val, test)]
+    assert refs[0].isdisjoint(refs[1]) and refs[0].isdisjoint(refs[2]) and len(refs[0]) == 3
+    again = SyntheticIQA(references, metric="gmsd", distortions=("blur", "noise"), levels=3, cache=tmp_path / "labels.pt")
+    assert torch.equal(again.labels, dataset.labels)
+    with pytest.raises(ValueError, match="unknown pseudo-MOS"):
+        SyntheticIQA(references, metric="psnr")

@@ -1,0 +1,47 @@
+"""NIPS 2017 adversarial competition dev set: 299x299 photos without MOS, the second
+attack set of Meleshin et al. (SPEC §4; results averaged 2:1 with KonIQ-10k).
+
+Reads ``images.csv`` (ImageId, URL, ..., License, Author) and ``images/<ImageId>.png``.
+"""
+from __future__ import annotations
+
+import csv
+import os
+
+import torch
+from torch.utils.data import Dataset
+
+from .folder import load_image
+
+__all__ = ["NIPS2017"]
+
+
+class NIPS2017(Dataset):
+    """Images of the NIPS 2017 dev set, resized to ``size`` (299x299 natively).
+
+    ``ids`` selects a subset by ImageId; ``attribution(i)`` gives licence and author.
+    """
+
+    def __init__(self, root: str | os.PathLike, size: tuple[int, int] = (299, 299), ids: list[str] | None = None):
+        root = os.fspath(root)
+        table = os.path.join(root, "images.csv")
+        if not os.path.isfile(table):
+            raise FileNotFoundError(f"NIPS 2017 table {table!r} does not exist (expected root/images.csv and root/images/)")
+        with open(table, newline="") as f:
+            rows = {r["ImageId"]: r for r in csv.DictReader(f) if r.get("ImageId")}
+        present = {os.path.splitext(n)[0] for n in os.listdir(os.path.join(root, "images"))}
+        wanted = sorted(present & rows.keys()) if ids is None else list(ids)
+        unknown = [i for i in wanted if i not in rows or i not in present]
+        if unknown:
+            raise ValueError(f"image ids not in {root!r}: {unknown[:5]}")
+        self.root, self.size, self.ids, self.rows = root, tuple(size), wanted, rows
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return load_image(os.path.join(self.root, "images", f"{self.ids[index]}.png"), self.size)
+
+    def attribution(self, index: int) -> str:
+        row = self.rows[self.ids[index]]
+        return f"{row.get('Author', '?')} ({row.get('License', '?')})"
