@@ -7,7 +7,7 @@ implements Meleshin, Chistyakova, Antsiferova & Vatolin, "Robustness as
 Architecture: Designing IQA Models to Withstand Adversarial Perturbations".
 """
 from . import attacks, metrics
-from .blocks import RobustBlock, RobustBlockConfig, RobustSplice
+from .blocks import RobustBlock, RobustBlockConfig, RobustSplice, symbolic_trace
 from .harden import HardenConfig, apply_config, describe, harden, robust_blocks
 from .evaluate import Table, compare, evaluate
 from .finetune import FinetuneResult, finetune
@@ -43,6 +43,7 @@ __all__ = [
     "RobustBlock",
     "RobustBlockConfig",
     "RobustSplice",
+    "symbolic_trace",
     "ConvBlock",
     "ModelMap",
     "CayleyConv2d",

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
 from .ortho import get_ortho, ortho_name
 
-__all__ = ["RobustBlock", "RobustBlockConfig", "RobustSplice", "PooledSize"]
+__all__ = ["RobustBlock", "RobustBlockConfig", "RobustSplice", "PooledSize", "symbolic_trace"]
 
 PooledSize = Union[int, str]  # an int, "min" (min(H, W)) or "keep" (no pooling)
 
@@ -153,3 +154,18 @@ class RobustSplice(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         return self.original(self.robust(x), *args, **kwargs)
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, RobustBlock) or super().is_leaf_module(module, qualified_name)
+
+
+def symbolic_trace(model: nn.Module) -> torch.fx.GraphModule:
+    """torch.fx trace of a (hardened) model with each RobustBlock kept as one call.
+
+    A RobustBlock sizes its pooling and its Fourier-domain matrices from the input it
+    receives, which plain ``torch.fx.symbolic_trace`` cannot follow symbolically.
+    """
+    graph = _Tracer().trace(model)
+    return torch.fx.GraphModule(model, graph, type(model).__name__)

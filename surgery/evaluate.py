@@ -13,7 +13,9 @@ stopped. Nothing here imports the surgery: any model can be evaluated.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .attacks import EPS_GRID, PGD, UAP, Attack, StAdv, check_images, score_fn, scores
-from .attacks.base import _device, frozen
+from .attacks.base import frozen, model_device
 from .files import atomic_save, atomic_write_text
 
 __all__ = ["evaluate", "compare", "Table", "AttackSpec", "DEFAULT_ATTACKS", "resolve_attacks"]
@@ -53,7 +55,8 @@ def resolve_attacks(specs: Iterable[AttackSpec], eps_grid: Sequence[float] = EPS
         if key.startswith("pgd-") and key[4:].isdigit():
             runs.extend((key, eps, PGD(eps=eps, steps=int(key[4:]))) for eps in eps_grid)
         elif key == "uap":
-            runs.append((key, UAP().eps, UAP()))
+            attack = UAP()
+            runs.append((key, attack.eps, attack))
         elif key == "stadv":
             runs.append((key, None, StAdv()))
         else:
@@ -95,8 +98,11 @@ class Table:
     def to_csv(self, summary: bool = False) -> str:
         records = self.summaries if summary else self.rows
         keys = list(dict.fromkeys(k for r in records for k in r))
-        lines = [",".join(keys)] + [",".join(_format(r.get(k), csv=True) for k in keys) for r in records]
-        return "\n".join(lines) + "\n"
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(keys)
+        writer.writerows([_format(r.get(k), csv=True) for k in keys] for r in records)
+        return buffer.getvalue()
 
     def to_json(self) -> str:
         return json.dumps({"rows": self.rows, "summaries": self.summaries}, indent=2, default=float)
@@ -151,7 +157,7 @@ def _attacked_scores(
     if isinstance(attack, UAP) and attack.perturbation is None:
         raise ValueError("fit the UAP first (evaluate does it on train_images or the evaluated images)")
     score = score_fn(model)
-    device = _device(model)
+    device = model_device(model)
     for start in range(0, images.shape[0], batch_size):
         stop = min(start + batch_size, images.shape[0])
         if not torch.isnan(values[start:stop]).any():

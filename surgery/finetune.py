@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 from tqdm.auto import tqdm
 
 from . import metrics
-from .attacks.base import _is_pyiqa_metric
+from .attacks.base import is_pyiqa_metric
 from .defenses.base import Defense
 from .files import atomic_save
 from .io import save
@@ -58,7 +58,7 @@ def _dataset(data: DataSpec, name: str) -> Dataset:
 
 def _network(model: nn.Module) -> nn.Module:
     """The module that maps images to scores with gradients (a pyiqa metric's ``net``)."""
-    return model.net if _is_pyiqa_metric(model) else model
+    return model.net if is_pyiqa_metric(model) else model
 
 
 def _scores(network: nn.Module, images: torch.Tensor) -> torch.Tensor:

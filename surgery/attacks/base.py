@@ -16,12 +16,12 @@ from typing import Callable, Iterator, Literal
 import torch
 from torch import nn
 
-__all__ = ["Attack", "scores", "score_fn", "check_images", "Direction"]
+__all__ = ["Attack", "scores", "score_fn", "check_images", "frozen", "model_device", "is_pyiqa_metric", "Direction"]
 
 Direction = Literal["up", "down"]
 
 
-def _is_pyiqa_metric(model: nn.Module) -> bool:
+def is_pyiqa_metric(model: nn.Module) -> bool:
     return hasattr(model, "net") and hasattr(model, "as_loss") and hasattr(model, "metric_mode")
 
 
@@ -31,7 +31,7 @@ def score_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     pyiqa metrics switch gradients off in their ``forward`` unless built ``as_loss``;
     their network is called directly instead (it normalises the input itself).
     """
-    network = model.net if _is_pyiqa_metric(model) else model
+    network = model.net if is_pyiqa_metric(model) else model
 
     def score(images: torch.Tensor) -> torch.Tensor:
         out = network(images)
@@ -62,7 +62,7 @@ def scores(model: nn.Module, images: torch.Tensor, batch_size: int = 16) -> torc
     """Model scores for a batch of images, without gradients, in chunks: (N,) on the CPU."""
     check_images(images)
     score = score_fn(model)
-    device = _device(model)
+    device = model_device(model)
     out = []
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
@@ -74,7 +74,7 @@ def scores(model: nn.Module, images: torch.Tensor, batch_size: int = 16) -> torc
     return result
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -109,7 +109,7 @@ class Attack(abc.ABC):
         if direction not in ("up", "down"):
             raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
         sign = 1.0 if direction == "up" else -1.0
-        device = _device(model)
+        device = model_device(model)
         batch_size = batch_size or images.shape[0]
         out = []
         with frozen(model):

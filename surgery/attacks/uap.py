@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..files import atomic_save
-from .base import Attack, Direction, _device, check_images, frozen, score_fn
+from .base import Attack, Direction, check_images, frozen, model_device, score_fn
 
 __all__ = ["UAP"]
 
@@ -49,7 +49,7 @@ class UAP(Attack):
         """Train the perturbation on ``images``; returns it, (3, *size)."""
         check_images(images)
         sign = 1.0 if direction == "up" else -1.0
-        device = _device(model)
+        device = model_device(model)
         score = score_fn(model)
         delta = torch.zeros(images.shape[1], *self.size, device=device)
         with frozen(model):
