@@ -13,7 +13,7 @@ from .evaluate import Table, compare, evaluate
 from .finetune import FinetuneResult, finetune
 from .io import load, save
 from .prune import PruneReport, prune
-from .locate import ConvBlock, ModelMap, locate
+from .locate import ConvBlock, ModelMap, locate, positions
 from .ortho import AOCConv2d, AOLConv2d, CayleyConv2d, get_ortho, register_ortho
 from .zoo import create_model, list_models, register_model
 
@@ -23,6 +23,7 @@ __all__ = [
     "harden",
     "describe",
     "locate",
+    "positions",
     "evaluate",
     "compare",
     "Table",

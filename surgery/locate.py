@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence, Union
@@ -29,7 +30,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["ConvBlock", "ModelMap", "locate", "Position"]
+__all__ = ["ConvBlock", "ModelMap", "locate", "positions", "Position"]
 
 Position = Union[str, int, Sequence[Union[str, int]]]
 
@@ -132,6 +133,24 @@ class ModelMap:
                 f"Choose a convolutional block:\n{self}"
             )
         return name
+
+    def positions(self) -> list[dict]:
+        """Every candidate position with its shapes and the Lemma 1 ratio (Meleshin et al. eq. 7):
+        ``c_out * s_out^2 / (c_in * s_in^2)`` of the block whose output the RobustBlock would
+        receive (the previous block of the same branch; None before the first). Smaller
+        ratios bound the perturbation more tightly."""
+        rows = []
+        for block in self.blocks:
+            earlier = [b for b in self.blocks if b.branch == block.branch and b.index < block.index]
+            ratio = None
+            if earlier and earlier[-1].out_shape:
+                previous = earlier[-1]
+                ratio = math.prod(previous.out_shape) / math.prod(previous.in_shape)
+            rows.append({
+                "index": block.index, "name": block.name, "branch": block.branch, "head": block.head,
+                "in_shape": block.in_shape, "out_shape": block.out_shape, "lemma_ratio": ratio,
+            })
+        return rows
 
     def in_shape(self, name: str) -> tuple[int, ...]:
         """(C, H, W) that module ``name`` receives for the example input."""
@@ -432,3 +451,9 @@ def locate(
             )
         )
     return ModelMap(model=model, blocks=blocks, root=root, method=method, trace_error=error, calls=calls)
+
+
+def positions(model: nn.Module, input_size: Sequence[int] | None = None, example_input: torch.Tensor | None = None) -> list[dict]:
+    """Candidate RobustBlock positions of ``model`` with shapes and the Lemma 1 ratio; see
+    :meth:`ModelMap.positions`."""
+    return locate(model, input_size=input_size, example_input=example_input).positions()

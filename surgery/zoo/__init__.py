@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .default import DefaultIQA
 from .heads import MLPHead, Normalize, TimmIQA
 from .koncept import KonCept512
 from .linearity import Linearity
@@ -22,6 +23,7 @@ __all__ = [
     "register_model",
     "list_models",
     "load_checkpoint",
+    "DefaultIQA",
     "Linearity",
     "KonCept512",
     "TimmIQA",
@@ -33,12 +35,13 @@ __all__ = [
 MODEL_SPEC_ATTR = "surgery_model_spec"
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "default": DefaultIQA,
     "linearity": Linearity,
     "koncept512": KonCept512,
     "timm-iqa": TimmIQA,
     **{name: (lambda name=name, **kw: create_pyiqa_metric(name, **kw)) for name in PYIQA_METRICS},
 }
-_PRETRAINED: dict[str, Callable[[nn.Module], None]] = {}
+_PRETRAINED: dict[str, Callable[[nn.Module], None]] = {"default": lambda model: model.load_imagenet().load_trained()}
 
 
 def register_model(name: str, pretrained: Callable[[nn.Module], None] | None = None):
