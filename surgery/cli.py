@@ -67,15 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--out", default="results.csv", help=".csv, .md or .json (all three are written beside it)")
     p_eval.add_argument("--plots", help="folder for the AbsGain-vs-eps and trade-off plots")
 
-    p_demo = sub.add_parser("demo", help="harden a built-in model on sample photos")
-    p_demo.add_argument("--model", default="linearity")
-    p_demo.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    p_demo = sub.add_parser("demo", help="score, attack, harden and re-attack the default model on sample photos")
+    p_demo.add_argument("--out", default="outputs/demo", help="folder for the table and plots")
 
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
 
-        run(args.model, **_model_kwargs(args.model_arg))
+        run(args.out)
         return 0
     if args.command == "eval":
         return _evaluate(args)

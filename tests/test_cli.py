@@ -44,3 +44,13 @@ def test_eval_writes_tables_and_plots(tmp_path, capsys):
     assert out.exists() and (tmp_path / "res.md").exists() and (tmp_path / "res.json").exists()
     assert (tmp_path / "plots" / "abs_gain_vs_eps.png").exists() and (tmp_path / "plots" / "tradeoff.png").exists()
     assert "pgd-1 abs_gain_auc" in capsys.readouterr().out
+
+
+def test_demo_halves_are_disjoint_photo_parts():
+    import torch
+
+    from surgery.demo import _halves
+
+    left, right = _halves((32, 32))
+    assert left.shape == right.shape == (6, 3, 32, 32)
+    assert not torch.allclose(left, right)
