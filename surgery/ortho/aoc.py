@@ -7,15 +7,14 @@ orthogonium's own tolerance (~1e-4).
 """
 from __future__ import annotations
 
-import torch
 from orthogonium.layers.conv.AOC.ortho_conv import AdaptiveOrthoConv2d
 
-from .base import OrthoConv2d
+from .base import WrappedConv2d
 
 __all__ = ["AOCConv2d"]
 
 
-class AOCConv2d(OrthoConv2d):
+class AOCConv2d(WrappedConv2d):
     """Orthogonal circular convolution from orthogonium's adaptive scheme."""
 
     norm_preserving = True
@@ -30,6 +29,3 @@ class AOCConv2d(OrthoConv2d):
             padding_mode="circular",
             bias=bias,
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)

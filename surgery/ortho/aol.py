@@ -6,15 +6,14 @@ layer is 1-Lipschitz (``||conv(x)|| <= ||x||``); it is not exactly orthogonal.
 """
 from __future__ import annotations
 
-import torch
 from orthogonium.layers.conv.AOL.aol import AOLConv2D
 
-from .base import OrthoConv2d
+from .base import WrappedConv2d
 
 __all__ = ["AOLConv2d"]
 
 
-class AOLConv2d(OrthoConv2d):
+class AOLConv2d(WrappedConv2d):
     """1-Lipschitz circular convolution with the AOL rescaling."""
 
     norm_preserving = False
@@ -29,6 +28,3 @@ class AOLConv2d(OrthoConv2d):
             padding_mode="circular",
             bias=bias,
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import nn
 
-__all__ = ["OrthoConv2d"]
+__all__ = ["OrthoConv2d", "WrappedConv2d"]
 
 
 class OrthoConv2d(nn.Module):
@@ -37,3 +38,12 @@ class OrthoConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+
+
+class WrappedConv2d(OrthoConv2d):
+    """An orthogonal layer from another library, held as ``self.conv`` (built by the subclass)."""
+
+    conv: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
