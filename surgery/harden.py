@@ -18,6 +18,7 @@ from torch import nn
 from .blocks import PooledSize, RobustBlock, RobustBlockConfig, RobustSplice
 from .locate import ModelMap, Position, locate
 from .ortho import CayleyConv2d, get_ortho, ortho_name
+from .prune import prune as prune_model
 
 __all__ = ["harden", "apply_config", "HardenConfig", "describe", "robust_blocks", "CONFIG_ATTR"]
 
@@ -134,21 +135,22 @@ def harden(
             example_size=tuple(model_map.in_shape(name)[1:]),
         )
     apply_config(target, config)
-    _check_runs(target, model_map, config)
+    example = _example_like(target, model_map)
+    _check_runs(target, example, config)
     if prune is not None:
-        from .prune import prune as prune_model
-
-        example = torch.rand(model_map.calls[""].in_shape, device=next(target.parameters()).device)
         report = prune_model(target, prune, amount, calib=calib, calib_targets=calib_targets, example_input=example)
         getattr(target, CONFIG_ATTR).pruning = str(report)
     return target
 
 
-def _check_runs(model: nn.Module, model_map: ModelMap, config: HardenConfig) -> None:
-    """One forward pass on the example input, so a model that cannot take the pooled map fails now."""
-    example_shape = model_map.calls[""].in_shape
+def _example_like(model: nn.Module, model_map: ModelMap) -> torch.Tensor:
+    """A random batch shaped like the example input the blocks were found with."""
     param = next(model.parameters())
-    example = torch.rand(example_shape, device=param.device, dtype=param.dtype)
+    return torch.rand(model_map.calls[""].in_shape, device=param.device, dtype=param.dtype)
+
+
+def _check_runs(model: nn.Module, example: torch.Tensor, config: HardenConfig) -> None:
+    """One forward pass on the example input, so a model that cannot take the pooled map fails now."""
     was_training = model.training
     model.eval()
     try:
