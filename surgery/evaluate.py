@@ -256,18 +256,20 @@ def compare(
     mos: Sequence[float] | torch.Tensor | None = None,
     attacks: Iterable[AttackSpec] = DEFAULT_ATTACKS,
     *,
+    score_range: tuple[float, float] | None = None,
     score_ranges: Mapping[str, tuple[float, float]] | None = None,
     **kwargs,
 ) -> Table:
     """:func:`evaluate` every model on the same images and attacks; one table side by side.
 
-    ``score_ranges`` gives each model its own normalisation range (by name). Attack
+    ``score_ranges`` gives each model its own normalisation range (by name);
+    ``score_range`` one range for every model not named there. Attack
     names build fresh attacks per model; an :class:`Attack` instance is used as
     given (a fitted UAP is applied unchanged, i.e. as a transfer attack).
     """
     attacks = list(attacks)
     table = Table()
     for name, model in models.items():
-        rng = (score_ranges or {}).get(name)
+        rng = (score_ranges or {}).get(name, score_range)
         table = table + evaluate(model, images, mos, attacks, score_range=rng, name=name, **kwargs)
     return table

@@ -98,6 +98,13 @@ def test_compare_hardened_and_original_side_by_side(data, tmp_path):
         table.write(tmp_path / "t.xlsx")
 
 
+def test_compare_shares_one_score_range_unless_named(data):
+    images, mos = data
+    models = {"a": TinyIQA().eval(), "b": TinyIQA().eval()}
+    table = compare(models, images, mos, attacks=[], score_range=(-1.0, 1.0), score_ranges={"b": (0.0, 2.0)}, progress=False)
+    assert [s["score_range"] for s in table.summaries] == ["-1..1 (given)", "0..2 (given)"]
+
+
 def test_mos_length_must_match(data):
     images, _ = data
     with pytest.raises(ValueError, match="6 images but 3 MOS"):
