@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 from tqdm.auto import tqdm
 
 from . import metrics
-from .attacks.base import is_pyiqa_metric
+from .attacks.base import per_image_scores, scoring_network
 from .defenses.base import Defense
 from .files import atomic_save
 from .io import save
@@ -56,16 +56,8 @@ def _dataset(data: DataSpec, name: str) -> Dataset:
     raise TypeError(f"{name} must be a Dataset of (image, score) or a tuple (images, scores), got {type(data).__name__}")
 
 
-def _network(model: nn.Module) -> nn.Module:
-    """The module that maps images to scores with gradients (a pyiqa metric's ``net``)."""
-    return model.net if is_pyiqa_metric(model) else model
-
-
 def _scores(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    out = network(images)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out.reshape(images.shape[0], -1)[:, 0].float()
+    return per_image_scores(network(images), images.shape[0]).float()
 
 
 def _rank() -> int:
@@ -129,7 +121,7 @@ def finetune(
     model.to(device)
     if use_channels_last:
         model.to(memory_format=torch.channels_last)
-    network = _network(model)
+    network = scoring_network(model)
     distributed = dist.is_available() and dist.is_initialized()
     is_main = _rank() == 0
     if distributed:

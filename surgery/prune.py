@@ -24,6 +24,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
+from .attacks.base import per_image_scores
 from .blocks import RobustSplice
 
 __all__ = ["prune", "PruneReport", "PLSImportance", "vip_scores", "pls_importances"]
@@ -80,9 +81,7 @@ def pls_importances(
     try:
         for start in range(0, calib.shape[0], batch_size):
             batch = calib[start : start + batch_size].to(device)
-            out = model(batch)
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            outputs.append(out.reshape(batch.shape[0], -1)[:, 0].float().cpu())
+            outputs.append(per_image_scores(model(batch), batch.shape[0]).float().cpu())
     finally:
         for handle in handles:
             handle.remove()

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Literal
 import torch
 from torch import nn
 
-__all__ = ["Attack", "scores", "score_fn", "check_images", "frozen", "model_device", "is_pyiqa_metric", "Direction"]
+__all__ = ["Attack", "scores", "score_fn", "check_images", "frozen", "model_device", "is_pyiqa_metric", "per_image_scores", "scoring_network", "Direction"]
 
 Direction = Literal["up", "down"]
 
@@ -25,19 +25,29 @@ def is_pyiqa_metric(model: nn.Module) -> bool:
     return hasattr(model, "net") and hasattr(model, "as_loss") and hasattr(model, "metric_mode")
 
 
+def per_image_scores(output, batch: int) -> torch.Tensor:
+    """One score per image from a model's output: (B,), (B, 1), or a tuple whose first item is the score."""
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    return output.reshape(batch, -1)[:, 0]
+
+
+def scoring_network(model: nn.Module) -> nn.Module:
+    """The module that maps images to scores with gradients: a pyiqa metric's ``net``
+    (its ``forward`` switches gradients off unless built ``as_loss``), else the model."""
+    return model.net if is_pyiqa_metric(model) else model
+
+
 def score_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function images -> (B,) scores with gradients to the images.
 
     pyiqa metrics switch gradients off in their ``forward`` unless built ``as_loss``;
     their network is called directly instead (it normalises the input itself).
     """
-    network = model.net if is_pyiqa_metric(model) else model
+    network = scoring_network(model)
 
     def score(images: torch.Tensor) -> torch.Tensor:
-        out = network(images)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.reshape(images.shape[0], -1)[:, 0]
+        return per_image_scores(network(images), images.shape[0])
 
     return score
 
