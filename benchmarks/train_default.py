@@ -14,7 +14,7 @@ once (cached on disk); the later stages, the head convolution and an MLP head ar
 MSE on z-scored labels plus a PLCC term, AdamW, warm-up + cosine, keeping the best
 epoch by validation SROCC. Then the quality bar is measured on the test references.
 
-    python benchmarks/train_default.py [--epochs 12] [--cache .cache/default] [--out surgery/zoo/weights/default.pt]
+    python benchmarks/train_default.py [--epochs 4] [--first-stage 4] [--cache .cache/default] [--out surgery/zoo/weights/default.pt]
 """
 from __future__ import annotations
 
@@ -107,14 +107,14 @@ def choose_metric(model: DefaultIQA, references: torch.Tensor, cache: str, seed:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=SHARED)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--metric", default=None, help="skip the probe and use this pseudo-MOS")
     parser.add_argument("--cache", default=".cache/default")
     parser.add_argument("--out", default=DEFAULT_WEIGHTS)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--first-stage", type=int, default=5, help="first trained EfficientNet stage (0-6)")
+    parser.add_argument("--first-stage", type=int, default=4, help="first trained EfficientNet stage (0-6)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     os.makedirs(args.cache, exist_ok=True)

@@ -64,16 +64,24 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def _train_mode(network: nn.Module, params: Sequence[nn.Parameter]) -> None:
+    """Training mode, except for normalisation layers none of whose parameters are trained:
+    frozen layers keep their running statistics (as timm's ``freeze_batch_norm_2d``)."""
+    network.train()
+    trained = {id(p) for p in params}
+    for module in network.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(id(p) in trained for p in module.parameters()):
+            module.eval()
+
+
 @torch.no_grad()
 def _validate(network: nn.Module, loader: DataLoader, device: torch.device, autocast) -> dict:
-    was_training = network.training
     network.eval()
     predictions, targets = [], []
     for images, target in loader:
         with autocast():
             predictions.append(_scores(network, images.to(device)).cpu())
         targets.append(target.reshape(-1).float())
-    network.train(was_training)
     p, t = torch.cat(predictions), torch.cat(targets)
     return {"val_srocc": metrics.srocc(p, t), "val_plcc": metrics.plcc(p, t)}
 
@@ -111,13 +119,16 @@ def finetune(
             existing ``last.pt`` is resumed when ``resume``.
         amp / channels_last: default on for CUDA, off on CPU.
         parameters: train only these (default: every parameter that requires grad).
+            BatchNorm layers with no trained parameter keep their running statistics.
 
-    With ``val``, the model ends with its best validation weights.
+    With ``val``, the model ends with its best validation weights; it ends in the
+    train/eval mode it came in.
     """
     torch.manual_seed(seed)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     use_amp = device.type == "cuda" if amp is None else amp
     use_channels_last = device.type == "cuda" if channels_last is None else channels_last
+    was_training = model.training
     model.to(device)
     if use_channels_last:
         model.to(memory_format=torch.channels_last)
@@ -165,8 +176,8 @@ def finetune(
 
     score = lambda images: _scores(network, images)  # noqa: E731
     best_state = None  # best weights in memory when there is no checkpoint folder
-    network.train()
     for epoch in range(start_epoch, epochs):
+        _train_mode(network, params)
         if sampler is not None:
             sampler.set_epoch(epoch)
         started = time.perf_counter()
@@ -233,4 +244,5 @@ def finetune(
         model.load_state_dict(best_state)
     if use_channels_last:
         model.to(memory_format=torch.contiguous_format)
+    model.train(was_training)
     return result

@@ -33,6 +33,21 @@ def test_finetune_learns_and_reports(capsys):
     assert "val_srocc" in shown.out and "epoch 1/4" in shown.err  # per-epoch line, progress bar
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_frozen_batchnorm_keeps_its_statistics_and_mode_is_restored(mode):
+    train, val = toy_split()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(0),
+    ).train(mode == "train")
+    frozen_stats = model[1].running_mean.clone()
+    trained = list(model[3].parameters()) + list(model[4].parameters())
+    finetune(model, train, val, epochs=1, lr=1e-2, loss="mse", parameters=trained, progress=False)
+    assert torch.equal(model[1].running_mean, frozen_stats)  # its layer was not trained
+    assert not torch.equal(model[4].running_mean, torch.zeros(4))  # the trained one adapted
+    assert model.training == (mode == "train")
+
+
 def test_same_seed_same_result():
     train, val = toy_split()
     runs = []

