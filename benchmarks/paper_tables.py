@@ -50,6 +50,7 @@ from scipy import stats
 import surgery
 from surgery import metrics
 from surgery.attacks import PGD, scores
+from surgery.blocks import PooledSize
 from surgery.data import NIPS2017, SyntheticIQA
 from surgery.defenses import AdversarialTraining, NormRegularization, replace_activations
 from surgery.files import atomic_write_text
@@ -87,8 +88,9 @@ def load_data(args) -> dict:
 
 
 def trainable(model: torch.nn.Module, first_stage: int) -> list[torch.nn.Parameter]:
+    """Stages from ``first_stage`` on, the head, and every RobustBlock wherever it is."""
     prefixes = trained_prefixes(first_stage)
-    return [p for n, p in model.named_parameters() if n.startswith(prefixes)]
+    return [p for n, p in model.named_parameters() if n.startswith(prefixes) or ".robust." in n]
 
 
 def frozen_trunk(model: torch.nn.Module, first_stage: int) -> list[torch.nn.Module]:
@@ -96,13 +98,20 @@ def frozen_trunk(model: torch.nn.Module, first_stage: int) -> list[torch.nn.Modu
     return [backbone.conv_stem, backbone.bn1, *backbone.blocks[:first_stage]]
 
 
-def build(variant: str, base: torch.nn.Module, data: dict, first_stage: int, position: str) -> tuple[torch.nn.Module, dict]:
+def block_options(args, **overrides) -> dict:
+    """harden() keywords for the block recipe chosen on the command line."""
+    options = {"position": args.position, "hidden_channels": args.hidden_channels, "pooled_size": args.pooled_size}
+    return {**options, **overrides, "inplace": True, "input_size": (3, 224, 224)}
+
+
+def build(variant: str, base: torch.nn.Module, data: dict, args, **block) -> tuple[torch.nn.Module, dict]:
     """The variant's model (before fine-tuning) and the finetune() options it needs."""
     model = copy.deepcopy(base)
     options: dict = {}
+    first_stage = args.train_from
     ortho, _, pruning = variant.partition("+")
     if ortho in ("cayley", "aol", "aoc"):
-        model = surgery.harden(model, position=position, ortho=ortho, inplace=True, input_size=(3, 224, 224))
+        model = surgery.harden(model, ortho=ortho, **block_options(args, **block))
         if pruning:
             calib, calib_mos = data["tune"][0][:200], data["tune"][1][:200]
             report = surgery.prune(
@@ -197,34 +206,68 @@ def attack_table(name, model, data, score_range, cache) -> surgery.Table:
     return surgery.Table(attacked.rows, [summary])
 
 
-def position_sweep(base, data, first_stage, score_range, args) -> tuple[list[dict], dict]:
+def position_sweep(base, data, score_range, args) -> tuple[list[dict], dict]:
     rows = []
     lemma = {p["name"]: p["lemma_ratio"] for p in surgery.positions(base, input_size=(3, 224, 224))}
-    original = surgery.evaluate(base, *data["eval"], attacks=[], score_range=score_range, progress=False).summaries[0]
-    original_auc = surgery.evaluate(
-        base, *data["attack"], attacks=["pgd-1"], score_range=score_range, progress=False,
-        cache=os.path.join(args.cache, "eval"), name="original",
-    ).summaries[0]["pgd-1 abs_gain_auc"]
+    original = quick_scores("original", base, data, score_range, args)
     for stage in range(1, STAGES):
         name = f"backbone.blocks.{stage}"
         torch.manual_seed(0)
-        model = surgery.harden(copy.deepcopy(base), position=name, inplace=True, input_size=(3, 224, 224))
-        start = min(stage, first_stage)
-        fine_tune(model, {}, data, start, 0, os.path.join(args.cache, "tune", f"position-{stage}"), args)
-        clean = surgery.evaluate(model, *data["eval"], attacks=[], score_range=score_range, progress=False).summaries[0]
-        auc = surgery.evaluate(
-            model, *data["attack"], attacks=["pgd-1"], score_range=score_range, progress=False,
-            cache=os.path.join(args.cache, "eval"), name=f"position-{stage}",
-        ).summaries[0]["pgd-1 abs_gain_auc"]
+        model = surgery.harden(copy.deepcopy(base), **block_options(args, position=name))
+        fine_tune(model, {}, data, args.train_from, 0, os.path.join(args.cache, "tune", f"position-{stage}"), args)
+        result = quick_scores(f"position-{stage}", model, data, score_range, args)
         rows.append({
-            "position": f"before {name}", "lemma_ratio": lemma[name], "srocc": clean["srocc"],
-            "srocc kept": clean["srocc"] / original["srocc"], "pgd-1 abs_gain_auc": auc, "x original": auc / original_auc,
+            "position": f"before {name}", "lemma_ratio": lemma[name], "srocc": result["srocc"],
+            "srocc kept": result["srocc"] / original["srocc"], "pgd-1 abs_gain_auc": result["auc"],
+            "x original": result["auc"] / original["auc"],
         })
-        print(f"  position {name}: SROCC {clean['srocc']:.4f}, PGD-1 AbsGainAUC {auc:.4f} ({auc / original_auc:.2f}x)")
+        print(f"  position {name}: SROCC {result['srocc']:.4f}, PGD-1 AbsGainAUC {result['auc']:.4f}")
     rho = stats.spearmanr([r["lemma_ratio"] for r in rows], [r["pgd-1 abs_gain_auc"] for r in rows]).statistic
     keeping = [r for r in rows if r["srocc kept"] >= 0.99]
     best = min(keeping, key=lambda r: r["pgd-1 abs_gain_auc"]) if keeping else None
     return rows, {"spearman(lemma ratio, pgd-1 auc)": float(rho), "best position at >= 99% SROCC": best and best["position"]}
+
+
+def recipes(args) -> list[tuple[str, int | None, PooledSize, int, float]]:
+    """(variant, block width, pooled size, first fine-tuned stage, learning rate) to try."""
+    grid = [
+        (variant, hidden, pooled, train_from, args.lr)
+        for train_from in (args.train_from, STAGES - 1)
+        for variant, hidden, pooled in (
+            ("control", None, "min"), ("cayley", None, "min"), ("cayley", 24, "min"), ("cayley", None, 3), ("cayley", 24, 3),
+        )
+    ]
+    # gentler fine-tunes: the freshly spliced block is the least sensitive before it is trained
+    return grid + [(variant, None, "min", args.train_from, lr) for lr in (1e-4, 3e-5) for variant in ("control", "cayley")]
+
+
+def recipe_sweep(base, data, score_range, args) -> list[dict]:
+    """Block width, pooled size, fine-tuned stages and learning rate, one seed: SROCC and PGD-1 AUC each."""
+    reference = quick_scores("original", base, data, score_range, args)
+    rows = []
+    for variant, hidden, pooled, train_from, lr in recipes(args):
+        name = f"{variant}, width {hidden or 'C/2'}, pool {pooled}" if variant != "control" else "control"
+        name += f", train from stage {train_from}" + (f", lr {lr:g}" if lr != args.lr else "")
+        tag = name.replace(", ", "-").replace(" ", "").replace("/", "")
+        torch.manual_seed(0)
+        recipe = argparse.Namespace(**{**vars(args), "train_from": train_from, "lr": lr})
+        model, options = build(variant, base, data, recipe, hidden_channels=hidden, pooled_size=pooled)
+        fine_tune(model, options, data, train_from, 0, os.path.join(args.cache, "tune", f"recipe-{tag}"), recipe)
+        result = quick_scores(f"recipe-{tag}", model, data, score_range, args)
+        rows.append({"recipe": name, "srocc": result["srocc"], "srocc kept": result["srocc"] / reference["srocc"],
+                     "pgd-1 abs_gain_auc": result["auc"], "x original": result["auc"] / reference["auc"]})
+        print(f"  {name}: SROCC {result['srocc']:.4f}, PGD-1 AbsGainAUC {result['auc']:.4f}")
+    return rows
+
+
+def quick_scores(name, model, data, score_range, args) -> dict:
+    """SROCC on the evaluation images and PGD-1 AbsGainAUC on the attacked ones."""
+    clean = surgery.evaluate(model, *data["eval"], attacks=[], score_range=score_range, progress=False).summaries[0]
+    attacked = surgery.evaluate(
+        model, *data["attack"], attacks=["pgd-1"], score_range=score_range, progress=False,
+        cache=os.path.join(args.cache, "eval"), name=name,
+    ).summaries[0]
+    return {"srocc": clean["srocc"], "auc": attacked["pgd-1 abs_gain_auc"]}
 
 
 def markdown(records: list[dict]) -> str:
@@ -278,7 +321,11 @@ def main() -> None:
     parser.add_argument("--headline", default="cayley+l2", help="the variant the goals are checked on")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seeded", nargs="+", default=["control", "cayley+l2"], help="variants repeated over --seeds")
-    parser.add_argument("--position", default="auto")
+    parser.add_argument("--position", default="auto", help="where the block goes (harden's position)")
+    parser.add_argument("--hidden-channels", type=int, default=None, help="block width (default half its input)")
+    parser.add_argument("--pooled-size", default="min", type=lambda v: v if v in ("min", "keep") else int(v))
+    parser.add_argument("--train-from", type=int, default=None,
+                        help="first fine-tuned stage for every variant (default: the default model's first trained stage)")
     parser.add_argument("--eval-references", type=int, default=50, help="held-out references for SROCC/PLCC (21 images each)")
     parser.add_argument("--attack-images", type=int, default=100)
     parser.add_argument("--tune-steps", type=int, default=316)
@@ -286,7 +333,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--val-images", type=int, default=252)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--parts", nargs="+", choices=("table", "positions"), default=["table", "positions"])
+    parser.add_argument("--parts", nargs="+", choices=("table", "positions", "recipes"), default=["table", "positions"])
     parser.add_argument("--cache", default=".cache/paper")
     parser.add_argument("--out", default="outputs/paper")
     args = parser.parse_args()
@@ -299,23 +346,28 @@ def main() -> None:
     print(f"fine-tune {len(data['tune'][1])} / val {len(data['val'][1])} / evaluation {len(data['eval'][1])} images "
           f"(attacks on {len(data['attack'][1])}) after {time.time() - started:.0f} s")
     base = surgery.create_model("default", pretrained=True).eval()
-    first_stage = torch.load(DEFAULT_WEIGHTS, weights_only=True)["first_stage"]
+    if args.train_from is None:
+        args.train_from = torch.load(DEFAULT_WEIGHTS, weights_only=True)["first_stage"]
     score_range = base.score_range
 
     if "table" in args.parts:
-        report = comparison(base, data, first_stage, score_range, args, started)
+        report = comparison(base, data, score_range, args, started)
         atomic_write_text("\n".join(report) + "\n", os.path.join(args.out, "comparison.md"))
         print("\n".join(report))
     if "positions" in args.parts:
-        positions, verdict = position_sweep(base, data, first_stage, score_range, args)
+        positions, verdict = position_sweep(base, data, score_range, args)
         report = ["## Position sweep (Cayley block, one seed)", "", markdown(positions), ""]
         report += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in verdict.items()]
         atomic_write_text("\n".join(report) + "\n", os.path.join(args.out, "positions.md"))
         print("\n".join(report))
+    if "recipes" in args.parts:
+        report = ["## Block recipes (before the last stage, Cayley, one seed)", "", markdown(recipe_sweep(base, data, score_range, args))]
+        atomic_write_text("\n".join(report) + "\n", os.path.join(args.out, "recipes.md"))
+        print("\n".join(report))
     print(f"{time.time() - started:.0f} s in all; reports in {args.out}/")
 
 
-def comparison(base, data, first_stage, score_range, args, started) -> list[str]:
+def comparison(base, data, score_range, args, started) -> list[str]:
     """Every variant fine-tuned, attacked and checked; the report's lines."""
     eval_cache = os.path.join(args.cache, "eval")
     table = attack_table("original", base, data, score_range, eval_cache)
@@ -326,9 +378,9 @@ def comparison(base, data, first_stage, score_range, args, started) -> list[str]
         for seed in args.seeds if variant in args.seeded else args.seeds[:1]:
             name = variant if seed == args.seeds[0] else f"{variant} s{seed}"
             torch.manual_seed(seed)
-            model, options = build(variant, base, data, first_stage, args.position)
+            model, options = build(variant, base, data, args)
             folder = os.path.join(args.cache, "tune", name.replace(" ", "-"))
-            epoch_s = fine_tune(model, options, data, first_stage, seed, folder, args)
+            epoch_s = fine_tune(model, options, data, args.train_from, seed, folder, args)
             result = attack_table(name, model, data, score_range, eval_cache)
             table = table + result
             summaries.append({**result.summaries[0], "variant": variant, "seed": seed, "epoch s": epoch_s,
