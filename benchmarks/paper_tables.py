@@ -28,12 +28,13 @@ adversarials transferred from the original must not gain more than the white-box
 
 Position sweep: the Cayley block before every stage, same fine-tune; SROCC and PGD-1 AUC
 per position, the Spearman correlation of the Lemma 1 ratio with the measured AUC, and
-the most robust position that keeps >= 99% of the original SROCC.
+the most robust position that keeps >= 99% of the original SROCC. Recipe sweep: block
+width, pooled size, fine-tuned stages and learning rate before the last stage, one seed.
 
 Everything is cached under ``--cache`` (fine-tune checkpoints, attacked scores): a run
 that stops continues where it was.
 
-    python benchmarks/paper_tables.py [--attack-images 100] [--seeds 0 1 2] [--out outputs/paper]
+    python benchmarks/paper_tables.py [--attack-images 100] [--seeds 0 1 2] [--parts table positions recipes]
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ BUDGET = 8 / 255  # the masking checks' budget
 
 def load_data(args) -> dict:
     nips = NIPS2017(args.data, size=(224, 224))
-    references = torch.stack([nips[i] for i in range(len(nips))])
+    references = torch.stack([nips[i] for i in range(min(len(nips), args.references))])
     dataset = SyntheticIQA(references, metric="dss", cache=args.labels)
     train, val, test = dataset.split((0.7, 0.1, 0.2), seed=0)
     generator = torch.Generator().manual_seed(0)
@@ -155,7 +156,13 @@ def inference_ms(model, images: torch.Tensor, repeats: int = 3) -> float:
     return (time.perf_counter() - started) / repeats / batch.shape[0] * 1000
 
 
-def masking_checks(name, model, original, table, data, score_range, crafted_on_original) -> dict:
+def craft(model, images: torch.Tensor) -> torch.Tensor:
+    """PGD-8 adversarials at the checks' budget, in batches of 8."""
+    attack = PGD(eps=BUDGET, steps=8)
+    return torch.cat([attack(model, images[s : s + 8]) for s in range(0, images.shape[0], 8)])
+
+
+def masking_checks(name, model, original, table, data, score_range, crafted_on_original, original_clean) -> dict:
     """Random noise, PGD-8 >= PGD-1 and transfer checks for one model (see the docstring)."""
     images = data["attack"][0]
     lo, hi = score_range
@@ -181,11 +188,8 @@ def masking_checks(name, model, original, table, data, score_range, crafted_on_o
     if not monotone:
         flags.append("PGD-8 < PGD-1")
     if model is not original:
-        attack = PGD(eps=BUDGET, steps=8)
         transfer_in = metrics.abs_gain(clean, scores(model, crafted_on_original, 8), lo, hi)
-        crafted = torch.cat([attack(model, images[s : s + 8]) for s in range(0, images.shape[0], 8)])
-        base_clean = scores(original, images, 8)
-        transfer_out = metrics.abs_gain(base_clean, scores(original, crafted, 8), lo, hi)
+        transfer_out = metrics.abs_gain(original_clean, scores(original, craft(model, images), 8), lo, hi)
         check.update({"transfer original->model": transfer_in, "transfer model->original": transfer_out})
         if transfer_in > pgd8_8:
             flags.append("transfer from the original beats white-box PGD-8")
@@ -317,6 +321,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=SHARED)
     parser.add_argument("--labels", default=".cache/default/labels-dss.pt", help="pseudo-MOS cache (shared with train_default.py)")
+    parser.add_argument("--references", type=int, default=600,
+                        help="NIPS images used; fewer only for a quick check (the split then differs from the default model's)")
     parser.add_argument("--variants", nargs="+", default=["control", "cayley", "aol", "aoc", "cayley+l2", "cayley+pls", "nt", "at", "silu"])
     parser.add_argument("--headline", default="cayley+l2", help="the variant the goals are checked on")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -333,7 +339,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--val-images", type=int, default=252)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--parts", nargs="+", choices=("table", "positions", "recipes"), default=["table", "positions"])
+    parser.add_argument("--parts", nargs="+", choices=("table", "positions", "recipes"), default=["table", "positions", "recipes"])
     parser.add_argument("--cache", default=".cache/paper")
     parser.add_argument("--out", default="outputs/paper")
     args = parser.parse_args()
@@ -389,10 +395,9 @@ def comparison(base, data, score_range, args, started) -> list[str]:
             s = summaries[-1]
             print(f"{name}: SROCC {s['srocc']:.4f}, PGD-1 AbsGainAUC {s['pgd-1 abs_gain_auc']:.4f} ({time.time() - started:.0f} s)")
 
-    attack = PGD(eps=BUDGET, steps=8)
     images = data["attack"][0]
-    crafted = torch.cat([attack(base, images[s : s + 8]) for s in range(0, images.shape[0], 8)])
-    checks = [masking_checks(name, m, base, table, data, score_range, crafted) for name, m in models.items()]
+    crafted, base_clean = craft(base, images), scores(base, images, 8)
+    checks = [masking_checks(name, m, base, table, data, score_range, crafted, base_clean) for name, m in models.items()]
     summary = spread(summaries)
 
     table.write(os.path.join(args.out, "results.csv"))
