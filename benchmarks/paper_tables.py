@@ -197,12 +197,12 @@ def masking_checks(name, model, original, table, data, score_range, crafted_on_o
     return check
 
 
-def attack_table(name, model, data, score_range, cache) -> surgery.Table:
+def attack_table(name, model, data, score_range, cache, attacks=("pgd-1", "pgd-8", "uap", "stadv")) -> surgery.Table:
+    """SROCC / PLCC / KROCC on the evaluation images, ``attacks`` on the attacked ones (cached)."""
     images, mos = data["eval"]
     clean = surgery.evaluate(model, images, mos, attacks=[], score_range=score_range, name=name, progress=False)
     attacked = surgery.evaluate(
-        model, *data["attack"], attacks=["pgd-1", "pgd-8", "uap", "stadv"], score_range=score_range,
-        name=name, progress=False, cache=cache,
+        model, *data["attack"], attacks=attacks, score_range=score_range, name=name, progress=False, cache=cache,
     )
     summary = {**attacked.summaries[0], **{k: clean.summaries[0][k] for k in ("srocc", "plcc", "krocc")}}
     summary["n"] = int(images.shape[0])
@@ -210,22 +210,29 @@ def attack_table(name, model, data, score_range, cache) -> surgery.Table:
     return surgery.Table(attacked.rows, [summary])
 
 
-def position_sweep(base, data, score_range, args) -> tuple[list[dict], dict]:
+def pgd1_summary(name, model, data, score_range, args) -> dict:
+    """SROCC and PGD-1 AbsGainAUC, what the sweeps compare."""
+    return attack_table(name, model, data, score_range, os.path.join(args.cache, "eval"), ["pgd-1"]).summaries[0]
+
+
+def sweep_row(result: dict, original: dict) -> dict:
+    return {
+        "srocc": result["srocc"], "srocc kept": result["srocc"] / original["srocc"],
+        "pgd-1 abs_gain_auc": result["pgd-1 abs_gain_auc"], "x original": result["pgd-1 abs_gain_auc"] / original["pgd-1 abs_gain_auc"],
+    }
+
+
+def position_sweep(base, data, score_range, original, args) -> tuple[list[dict], dict]:
     rows = []
     lemma = {p["name"]: p["lemma_ratio"] for p in surgery.positions(base, input_size=(3, 224, 224))}
-    original = quick_scores("original", base, data, score_range, args)
     for stage in range(1, STAGES):
         name = f"backbone.blocks.{stage}"
         torch.manual_seed(0)
         model = surgery.harden(copy.deepcopy(base), **block_options(args, position=name))
         fine_tune(model, {}, data, args.train_from, 0, os.path.join(args.cache, "tune", f"position-{stage}"), args)
-        result = quick_scores(f"position-{stage}", model, data, score_range, args)
-        rows.append({
-            "position": f"before {name}", "lemma_ratio": lemma[name], "srocc": result["srocc"],
-            "srocc kept": result["srocc"] / original["srocc"], "pgd-1 abs_gain_auc": result["auc"],
-            "x original": result["auc"] / original["auc"],
-        })
-        print(f"  position {name}: SROCC {result['srocc']:.4f}, PGD-1 AbsGainAUC {result['auc']:.4f}")
+        rows.append({"position": f"before {name}", "lemma_ratio": lemma[name],
+                     **sweep_row(pgd1_summary(f"position-{stage}", model, data, score_range, args), original)})
+        print(f"  position {name}: SROCC {rows[-1]['srocc']:.4f}, PGD-1 AbsGainAUC {rows[-1]['pgd-1 abs_gain_auc']:.4f}")
     rho = stats.spearmanr([r["lemma_ratio"] for r in rows], [r["pgd-1 abs_gain_auc"] for r in rows]).statistic
     keeping = [r for r in rows if r["srocc kept"] >= 0.99]
     best = min(keeping, key=lambda r: r["pgd-1 abs_gain_auc"]) if keeping else None
@@ -245,9 +252,8 @@ def recipes(args) -> list[tuple[str, int | None, PooledSize, int, float]]:
     return grid + [(variant, None, "min", args.train_from, lr) for lr in (1e-4, 3e-5) for variant in ("control", "cayley")]
 
 
-def recipe_sweep(base, data, score_range, args) -> list[dict]:
+def recipe_sweep(base, data, score_range, original, args) -> list[dict]:
     """Block width, pooled size, fine-tuned stages and learning rate, one seed: SROCC and PGD-1 AUC each."""
-    reference = quick_scores("original", base, data, score_range, args)
     rows = []
     for variant, hidden, pooled, train_from, lr in recipes(args):
         name = f"{variant}, width {hidden or 'C/2'}, pool {pooled}" if variant != "control" else "control"
@@ -257,21 +263,9 @@ def recipe_sweep(base, data, score_range, args) -> list[dict]:
         recipe = argparse.Namespace(**{**vars(args), "train_from": train_from, "lr": lr})
         model, options = build(variant, base, data, recipe, hidden_channels=hidden, pooled_size=pooled)
         fine_tune(model, options, data, train_from, 0, os.path.join(args.cache, "tune", f"recipe-{tag}"), recipe)
-        result = quick_scores(f"recipe-{tag}", model, data, score_range, args)
-        rows.append({"recipe": name, "srocc": result["srocc"], "srocc kept": result["srocc"] / reference["srocc"],
-                     "pgd-1 abs_gain_auc": result["auc"], "x original": result["auc"] / reference["auc"]})
-        print(f"  {name}: SROCC {result['srocc']:.4f}, PGD-1 AbsGainAUC {result['auc']:.4f}")
+        rows.append({"recipe": name, **sweep_row(pgd1_summary(f"recipe-{tag}", model, data, score_range, args), original)})
+        print(f"  {name}: SROCC {rows[-1]['srocc']:.4f}, PGD-1 AbsGainAUC {rows[-1]['pgd-1 abs_gain_auc']:.4f}")
     return rows
-
-
-def quick_scores(name, model, data, score_range, args) -> dict:
-    """SROCC on the evaluation images and PGD-1 AbsGainAUC on the attacked ones."""
-    clean = surgery.evaluate(model, *data["eval"], attacks=[], score_range=score_range, progress=False).summaries[0]
-    attacked = surgery.evaluate(
-        model, *data["attack"], attacks=["pgd-1"], score_range=score_range, progress=False,
-        cache=os.path.join(args.cache, "eval"), name=name,
-    ).summaries[0]
-    return {"srocc": clean["srocc"], "auc": attacked["pgd-1 abs_gain_auc"]}
 
 
 def markdown(records: list[dict]) -> str:
@@ -356,20 +350,21 @@ def main() -> None:
         args.train_from = torch.load(DEFAULT_WEIGHTS, weights_only=True)["first_stage"]
     score_range = base.score_range
 
-    if "table" in args.parts:
-        report = comparison(base, data, score_range, args, started)
-        atomic_write_text("\n".join(report) + "\n", os.path.join(args.out, "comparison.md"))
+    def write(report: list[str], filename: str) -> None:
+        atomic_write_text("\n".join(report) + "\n", os.path.join(args.out, filename))
         print("\n".join(report))
+
+    if "table" in args.parts:
+        write(comparison(base, data, score_range, args, started), "comparison.md")
+    original = pgd1_summary("original", base, data, score_range, args) if {"positions", "recipes"} & set(args.parts) else None
     if "positions" in args.parts:
-        positions, verdict = position_sweep(base, data, score_range, args)
+        positions, verdict = position_sweep(base, data, score_range, original, args)
         report = ["## Position sweep (Cayley block, one seed)", "", markdown(positions), ""]
         report += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in verdict.items()]
-        atomic_write_text("\n".join(report) + "\n", os.path.join(args.out, "positions.md"))
-        print("\n".join(report))
+        write(report, "positions.md")
     if "recipes" in args.parts:
-        report = ["## Block recipes (before the last stage, Cayley, one seed)", "", markdown(recipe_sweep(base, data, score_range, args))]
-        atomic_write_text("\n".join(report) + "\n", os.path.join(args.out, "recipes.md"))
-        print("\n".join(report))
+        rows = recipe_sweep(base, data, score_range, original, args)
+        write(["## Block recipes (before the last stage, Cayley, one seed)", "", markdown(rows)], "recipes.md")
     print(f"{time.time() - started:.0f} s in all; reports in {args.out}/")
 
 
