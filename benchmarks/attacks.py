@@ -1,10 +1,11 @@
-"""Overhead of the attack loop: time of PGD-k on a batch / (k x one forward + backward).
+"""Overhead of the attack loop: time of a k-step attack on a batch / (k x one forward + backward).
 
-The attack loop should add almost nothing to the model's own cost (goal <= 1.10).
-Both are measured in the same run, alternating, after warm-up, on the same model
-and batch.
+The attack loop should add almost nothing to the model's own cost (goal <= 1.10), for
+the paper's PGD-k and for the strong attacks (PGD-k with random start, which also scores
+its last iterate, and APGD, which scores its random start). Both are measured in the
+same run, after warm-up, on the same model and batch.
 
-    python benchmarks/attacks.py [--model linearity] [--batch 8] [--size 224 224] [--steps 1 8]
+    python benchmarks/attacks.py [--model linearity] [--batch 8] [--size 224 224] [--steps 1 8 50]
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 import torch
 
 import surgery
-from surgery.attacks import PGD, score_fn
+from surgery.attacks import APGD, PGD, score_fn
 
 
 def median_time(fn, repeats: int) -> float:
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, nargs=2, default=(224, 224))
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--strong-steps", type=int, nargs="*", default=[8, 50], help="steps of PGD-k-rs and APGD-k")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hardened", action="store_true", help="attack the hardened model instead")
     args = parser.parse_args()
@@ -55,10 +57,12 @@ def main() -> None:
           f"threads {torch.get_num_threads()}")
     print("| attack | attack (s) | k x (forward + backward) (s) | ratio | goal |")
     print("|---|---|---|---|---|")
-    for steps in args.steps:
-        attack = PGD(eps=4 / 255, steps=steps)
+    attacks = [(f"PGD-{k}", PGD(eps=4 / 255, steps=k), k) for k in args.steps]
+    for k in args.strong_steps:
+        attacks += [(f"PGD-{k}-rs", PGD(eps=4 / 255, steps=k, random_start=True), k), (f"APGD-{k}", APGD(eps=4 / 255, steps=k), k)]
+    for label, attack, steps in attacks:
         took = median_time(lambda: attack(model, images), args.repeats)
-        print(f"| PGD-{steps} | {took:.3f} | {steps * base:.3f} | {took / (steps * base):.2f} | <= 1.10 |")
+        print(f"| {label} | {took:.3f} | {steps * base:.3f} | {took / (steps * base):.2f} | <= 1.10 |")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ the convolutional block it was spliced in front of (:class:`RobustSplice`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Sequence, Union
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from .modes import preserved_modes
 from .ortho import get_ortho, ortho_name
 
 __all__ = ["RobustBlock", "RobustBlockConfig", "RobustSplice", "PooledSize", "symbolic_trace"]
@@ -35,12 +36,13 @@ class RobustBlockConfig:
     reduce_kernel_size: int = 1
     example_size: tuple[int, int] | None = None  # (H, W) it received on harden's example input
 
-    def build(self) -> "RobustBlock":
+    def build(self, layers: Sequence[type] = ()) -> "RobustBlock":
+        """The block; ``layers`` are unregistered orthogonal layer classes ``ortho`` may name."""
         return RobustBlock(
             self.channels,
             hidden_channels=self.hidden_channels,
             pooled_size=self.pooled_size,
-            ortho=self.ortho,
+            ortho=get_ortho(self.ortho, layers),
             kernel_size=self.kernel_size,
             reduce_kernel_size=self.reduce_kernel_size,
             example_size=self.example_size,
@@ -128,12 +130,9 @@ class RobustBlock(nn.Module):
         width = height if width is None else width
         param = next(self.ortho.parameters())
         x = torch.randn(samples, self.config.hidden_channels, height, width, device=param.device)
-        was_training = self.ortho.training
-        self.ortho.train()
-        try:
+        with preserved_modes(self.ortho):
+            self.ortho.train()
             linear = self.ortho(x) - self.ortho(torch.zeros_like(x[:1]))
-        finally:
-            self.ortho.train(was_training)
         return linear.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
 
     def extra_repr(self) -> str:

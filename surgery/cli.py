@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--score-column", default=None, help="MOS column of the CSV")
     p_eval.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
     p_eval.add_argument("--limit", type=int, help="use only the first N images")
-    p_eval.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS))
+    p_eval.add_argument(
+        "--attacks", nargs="+", default=list(DEFAULT_ATTACKS),
+        help="the paper's protocol: pgd-K (pgd-1, pgd-8), uap, stadv; strong: pgd-K-rs (e.g. pgd-50-rs), apgd, apgd-K; "
+        "the paper code's own attack (exceeds the budget): paper-pgd-K",
+    )
     p_eval.add_argument("--batch-size", type=int, default=8)
     p_eval.add_argument("--cache", help="folder to resume interrupted sweeps from")
     p_eval.add_argument("--out", default="results.csv", help=".csv, .md or .json (all three are written beside it)")

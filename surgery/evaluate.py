@@ -27,8 +27,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics
-from .attacks import EPS_GRID, PGD, UAP, Attack, StAdv, check_images, score_fn, scores
-from .attacks.base import frozen, model_device
+from .attacks import APGD, EPS_GRID, PGD, UAP, Attack, PaperPGD, StAdv, check_images, score_fn, scores
+from .attacks.base import model_device
+from .modes import measuring
 from .files import atomic_save, atomic_write_text
 
 __all__ = ["evaluate", "compare", "Table", "AttackSpec", "DEFAULT_ATTACKS", "resolve_attacks"]
@@ -41,8 +42,11 @@ COLUMNS = ("model", "attack", "eps", "n", "mean_score", "abs_gain", "r_score", "
 def resolve_attacks(specs: Iterable[AttackSpec], eps_grid: Sequence[float] = EPS_GRID) -> list[tuple[str, float | None, Attack]]:
     """(attack name, eps or None, attack) for every run a list of specs asks for.
 
-    ``"pgd-K"`` (or ``"fgsm"`` = ``"pgd-1"``) expands over the eps grid; ``"uap"`` and
-    ``"stadv"`` run once with their defaults; an :class:`Attack` instance runs as given.
+    Over the eps grid: ``"pgd-K"`` (the paper's protocol; ``"fgsm"`` = ``"pgd-1"``),
+    ``"pgd-K-rs"`` (strong PGD: random start, steps of 2.5 eps / K, best iterate),
+    ``"apgd"`` / ``"apgd-K"`` (Auto-PGD, 50 or K steps) and ``"paper-pgd-K"`` (the paper
+    code's non-standard attack, which exceeds the budget). Once with their defaults:
+    ``"uap"`` and ``"stadv"``. An :class:`Attack` instance runs as given.
     """
     runs = []
     for spec in specs:
@@ -52,22 +56,69 @@ def resolve_attacks(specs: Iterable[AttackSpec], eps_grid: Sequence[float] = EPS
         key = str(spec).lower()
         if key == "fgsm":
             key = "pgd-1"
-        if key.startswith("pgd-") and key[4:].isdigit():
-            runs.extend((key, eps, PGD(eps=eps, steps=int(key[4:]))) for eps in eps_grid)
+        build = _grid_attack(key)
+        if build is not None:
+            runs.extend((key, eps, build(eps)) for eps in eps_grid)
         elif key == "uap":
             attack = UAP()
             runs.append((key, attack.eps, attack))
         elif key == "stadv":
             runs.append((key, None, StAdv()))
         else:
-            raise ValueError(f"unknown attack {spec!r}: use 'pgd-1', 'pgd-8' (any 'pgd-K'), 'fgsm', 'uap', 'stadv' or an Attack")
+            raise ValueError(
+                f"unknown attack {spec!r}: use 'pgd-K' (the paper's protocol, e.g. 'pgd-1', 'pgd-8', 'fgsm'), "
+                "'pgd-K-rs', 'apgd', 'apgd-K', 'paper-pgd-K', 'uap', 'stadv' or an Attack"
+            )
     return runs
+
+
+def _grid_attack(key: str):
+    """A builder eps -> attack for the names that expand over the eps grid, else None."""
+    steps = lambda text: int(text) if text.isdigit() and int(text) >= 1 else None  # noqa: E731
+    if key.startswith("paper-pgd-") and steps(key[10:]):
+        return lambda eps: PaperPGD(eps=eps, steps=steps(key[10:]))
+    if key.startswith("pgd-") and key.endswith("-rs") and steps(key[4:-3]):
+        return lambda eps: PGD(eps=eps, steps=steps(key[4:-3]), random_start=True)
+    if key.startswith("pgd-") and steps(key[4:]):
+        return lambda eps: PGD(eps=eps, steps=steps(key[4:]))
+    if key == "apgd":
+        return lambda eps: APGD(eps=eps)
+    if key.startswith("apgd-") and steps(key[5:]):
+        return lambda eps: APGD(eps=eps, steps=steps(key[5:]))
+    return None
 
 
 def _fingerprint(images: torch.Tensor) -> str:
     digest = hashlib.sha1(str(tuple(images.shape)).encode())
     digest.update(images.detach().float().cpu().contiguous().numpy().tobytes()[:: max(1, images.numel() // 65536)])
     return digest.hexdigest()[:16]
+
+
+def _tensor_digest(tensor: torch.Tensor, digest) -> None:
+    digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+    digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+
+def model_digest(model: nn.Module) -> str:
+    """A digest of every parameter and buffer: a re-hardened or further trained model
+    under the same name gets fresh cached scores."""
+    digest = hashlib.sha1(type(model).__name__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        _tensor_digest(tensor, digest)
+    return digest.hexdigest()[:12]
+
+
+def attack_digest(attack: Attack) -> str:
+    """A digest of every setting of an attack (a fitted UAP's perturbation included)."""
+    digest = hashlib.sha1(type(attack).__name__.encode())
+    for key, value in sorted(vars(attack).items()):
+        digest.update(key.encode())
+        if torch.is_tensor(value):
+            _tensor_digest(value, digest)
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()[:10]
 
 
 @dataclass
@@ -125,10 +176,11 @@ def _format(value, csv: bool = False) -> str:
 
 
 class _Cache:
-    """Per-image attacked scores on disk, saved after every batch."""
+    """Per-image attacked scores on disk, saved after every batch; keyed by the model's
+    name and weights, the attack's name and settings, and checked against the images."""
 
-    def __init__(self, folder: str | os.PathLike | None, model_name: str, fingerprint: str):
-        self.folder = None if folder is None else os.path.join(os.fspath(folder), model_name)
+    def __init__(self, folder: str | os.PathLike | None, model_name: str, model: nn.Module, fingerprint: str):
+        self.folder = None if folder is None else os.path.join(os.fspath(folder), model_name, model_digest(model))
         self.fingerprint = fingerprint
 
     def _path(self, key: str) -> str:
@@ -164,7 +216,7 @@ def _attacked_scores(
             bar.update(stop - start)
             continue
         adversarial = attack(model, images[start:stop], direction=direction)
-        with torch.no_grad(), frozen(model):
+        with torch.no_grad(), measuring(model):
             values[start:stop] = score(adversarial.to(device)).float().cpu()
         cache.store(key, values)
         bar.update(stop - start)
@@ -217,12 +269,13 @@ def evaluate(
 
     runs = resolve_attacks(attacks, eps_grid)
     fingerprint = _fingerprint(images)
-    store = _Cache(cache, name, fingerprint)
+    store = _Cache(cache, name, model, fingerprint)
     with tqdm(total=len(runs) * images.shape[0], desc=f"attacking {name}", disable=not progress, unit="img") as bar:
         for attack_name, eps, attack in runs:
             if isinstance(attack, UAP) and attack.perturbation is None:
                 attack.fit(model, train_images if train_images is not None else images, direction, batch_size)
             key = attack_name if eps is None else f"{attack_name}-eps{eps * 255:g}"
+            key = f"{key}-{direction}-{attack_digest(attack)}"
             attacked = _attacked_scores(model, attack, images, direction, batch_size, store, key, bar)
             row = {k: None for k in COLUMNS} | {
                 "model": name,

@@ -11,6 +11,7 @@ with a DistributedSampler, and only rank 0 writes files and shows progress.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -29,6 +30,7 @@ from .defenses.base import Defense
 from .files import atomic_save
 from .io import save
 from .losses import get_loss
+from .modes import preserved_modes
 
 __all__ = ["finetune", "FinetuneResult"]
 
@@ -86,6 +88,28 @@ def _validate(network: nn.Module, loader: DataLoader, device: torch.device, auto
     return {"val_srocc": metrics.srocc(p, t), "val_plcc": metrics.plcc(p, t)}
 
 
+def _gives_model_back_on_error(run: Callable[..., FinetuneResult]) -> Callable[..., FinetuneResult]:
+    """Every module's own mode restored on exit; on an error or an interrupt, the weights,
+    buffers and memory format the model came with are restored too before it propagates
+    (a checkpointed run resumes from ``last.pt``)."""
+
+    @functools.wraps(run)
+    def wrapper(model: nn.Module, *args, **kwargs) -> FinetuneResult:
+        initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        was_contiguous = all(p.is_contiguous() for p in model.parameters())
+        with preserved_modes(model):
+            try:
+                return run(model, *args, **kwargs)
+            except BaseException:
+                model.load_state_dict(initial)
+                if was_contiguous:
+                    model.to(memory_format=torch.contiguous_format)
+                raise
+
+    return wrapper
+
+
+@_gives_model_back_on_error
 def finetune(
     model: nn.Module,
     train: DataSpec,
@@ -121,14 +145,14 @@ def finetune(
         parameters: train only these (default: every parameter that requires grad).
             BatchNorm layers with no trained parameter keep their running statistics.
 
-    With ``val``, the model ends with its best validation weights; it ends in the
-    train/eval mode it came in.
+    With ``val``, the model ends with its best validation weights; every module ends
+    in the train/eval mode it came in. If the run stops with an error (or Ctrl-C),
+    the model gets back the weights it came with.
     """
     torch.manual_seed(seed)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     use_amp = device.type == "cuda" if amp is None else amp
     use_channels_last = device.type == "cuda" if channels_last is None else channels_last
-    was_training = model.training
     model.to(device)
     if use_channels_last:
         model.to(memory_format=torch.channels_last)
@@ -244,5 +268,4 @@ def finetune(
         model.load_state_dict(best_state)
     if use_channels_last:
         model.to(memory_format=torch.contiguous_format)
-    model.train(was_training)
     return result

@@ -9,36 +9,19 @@ can rebuild it without pickled code.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from .blocks import PooledSize, RobustBlock, RobustBlockConfig, RobustSplice
+from .config import CONFIG_ATTR, HardenConfig
 from .locate import ModelMap, Position, locate
+from .modes import eval_mode
 from .ortho import CayleyConv2d, get_ortho, ortho_name
 from .prune import prune as prune_model
 
 __all__ = ["harden", "apply_config", "HardenConfig", "describe", "robust_blocks", "CONFIG_ATTR"]
-
-CONFIG_ATTR = "surgery_config"
-
-
-@dataclass
-class HardenConfig:
-    """What ``harden`` did: one RobustBlock config per module name it was put in front of."""
-
-    blocks: dict[str, RobustBlockConfig] = field(default_factory=dict)
-    pruning: str | None = None  # what pruning did, for describe()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"blocks": {name: asdict(cfg) for name, cfg in self.blocks.items()}, "pruning": self.pruning}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HardenConfig":
-        blocks = {name: RobustBlockConfig(**cfg) for name, cfg in data["blocks"].items()}
-        return cls(blocks=blocks, pruning=data.get("pruning"))
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -46,8 +29,13 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), child, new)
 
 
-def apply_config(model: nn.Module, config: HardenConfig) -> nn.Module:
-    """Splice the RobustBlocks described by ``config`` into ``model`` in place (no forward pass)."""
+def apply_config(model: nn.Module, config: HardenConfig, layers: Sequence[type] = ()) -> nn.Module:
+    """Splice the RobustBlocks described by ``config`` into ``model`` in place (no forward pass).
+
+    Orthogonal layers are looked up by name in the registry and among ``layers``
+    (unregistered classes the caller trusts); nothing named by ``config`` is imported.
+    Pruning in ``config`` is recorded, not applied (see :func:`surgery.config.resize_layers`).
+    """
     # deepest first, so an outer splice does not move an inner module's path
     for name in sorted(config.blocks, key=lambda n: n.count("."), reverse=True):
         try:
@@ -57,12 +45,17 @@ def apply_config(model: nn.Module, config: HardenConfig) -> nn.Module:
         if isinstance(original, RobustSplice):
             raise ValueError(f"{name!r} already has a RobustBlock in front of it")
         param = next(original.parameters(), None)
-        block = config.blocks[name].build()
+        block = config.blocks[name].build(layers)
         if param is not None:
             block = block.to(device=param.device, dtype=param.dtype)
-        _replace(model, name, RobustSplice(block, original))
+        splice = RobustSplice(block.train(original.training), original)
+        splice.training = original.training  # not .train(): that would flatten the original's own modes
+        _replace(model, name, splice)
     previous = getattr(model, CONFIG_ATTR, None)
-    merged = HardenConfig(blocks={**(previous.blocks if previous else {}), **config.blocks}, pruning=config.pruning)
+    merged = HardenConfig(
+        blocks={**(previous.blocks if previous else {}), **config.blocks},
+        pruning=[*(previous.pruning if previous else []), *config.pruning],
+    )
     setattr(model, CONFIG_ATTR, merged)
     return model
 
@@ -111,7 +104,7 @@ def harden(
     is ready for fine-tuning (``surgery.finetune``). ``surgery.describe`` says what
     changed.
     """
-    get_ortho(ortho)  # fail fast on an unknown name
+    ortho_cls = get_ortho(ortho)  # fail fast on an unknown name
     if prune not in (None, "l2", "pls"):
         raise ValueError(f"prune must be None, 'l2' or 'pls', got {prune!r}")
     target = model if inplace else copy.deepcopy(model)
@@ -129,17 +122,16 @@ def harden(
             channels=channels,
             hidden_channels=hidden,
             pooled_size=pooled_size,
-            ortho=ortho_name(get_ortho(ortho)),
+            ortho=ortho_name(ortho_cls),
             kernel_size=kernel_size,
             reduce_kernel_size=reduce_kernel_size,
             example_size=tuple(model_map.in_shape(name)[1:]),
         )
-    apply_config(target, config)
+    apply_config(target, config, layers=[ortho_cls])
     example = _example_like(target, model_map)
     _check_runs(target, example, config)
     if prune is not None:
-        report = prune_model(target, prune, amount, calib=calib, calib_targets=calib_targets, example_input=example)
-        getattr(target, CONFIG_ATTR).pruning = str(report)
+        prune_model(target, prune, amount, calib=calib, calib_targets=calib_targets, example_input=example)
     return target
 
 
@@ -151,10 +143,8 @@ def _example_like(model: nn.Module, model_map: ModelMap) -> torch.Tensor:
 
 def _check_runs(model: nn.Module, example: torch.Tensor, config: HardenConfig) -> None:
     """One forward pass on the example input, so a model that cannot take the pooled map fails now."""
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(example)
     except Exception as err:
         raise RuntimeError(
@@ -163,7 +153,6 @@ def _check_runs(model: nn.Module, example: torch.Tensor, config: HardenConfig) -
             "original map size, pass pooled_size='keep', or choose another position."
         ) from err
     finally:
-        model.train(was_training)
         for module in model.modules():
             if isinstance(module, CayleyConv2d):
                 module.clear_cache()
@@ -188,9 +177,8 @@ def describe(model: nn.Module, measure: bool = True) -> str:
         f"{type(model).__name__}: {len(blocks)} RobustBlock(s), {added:,} of {total:,} parameters "
         f"({100 * added / (total - added):.1f}% added)"
     ]
-    pruning = getattr(getattr(model, CONFIG_ATTR, None), "pruning", None)
-    if pruning:
-        lines.append(f"  {pruning}")
+    for report in getattr(getattr(model, CONFIG_ATTR, None), "pruning", []):
+        lines.append(f"  {report}")
     for name, block in blocks.items():
         cfg = block.config
         lines.append(

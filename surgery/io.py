@@ -1,46 +1,60 @@
 """Saving and loading hardened models: atomic writes, ``weights_only`` reads.
 
-A file holds plain data only: the hardening config, the zoo spec when the model
-came from :func:`surgery.create_model`, and the state_dict. Loading rebuilds the
-architecture, splices the same RobustBlocks and loads the weights, so no pickled
-code ever runs.
+A file holds plain data only: the surgery record (blocks and pruned widths), the
+zoo spec when the model came from :func:`surgery.create_model`, the score range and
+the state_dict. Loading rebuilds the architecture, splices the same RobustBlocks,
+narrows the pruned layers in place and loads the weights, so no pickled code runs
+and nothing a file names is imported.
 """
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from .config import CONFIG_ATTR, HardenConfig, resize_layers
 from .files import atomic_save
-from .harden import CONFIG_ATTR, HardenConfig, apply_config
+from .harden import apply_config
 from .zoo import MODEL_SPEC_ATTR, create_model
 
 __all__ = ["save", "load"]
 
-FORMAT = "surgery.model.v1"
+FORMAT = "surgery.model.v2"
+_READABLE = ("surgery.model.v1", FORMAT)  # v1: no pruning record, no score range
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> None:
-    """Save a (hardened) model so :func:`load` can rebuild it."""
+    """Save a (hardened, pruned) model so :func:`load` can rebuild it: the surgery record,
+    the zoo spec, ``score_range`` when the model has one, and the state_dict."""
     config = getattr(model, CONFIG_ATTR, None)
+    score_range = getattr(model, "score_range", None)
     atomic_save(
         {
             "format": FORMAT,
             "model": getattr(model, MODEL_SPEC_ATTR, None),
             "harden": config.to_dict() if config is not None else None,
+            "score_range": None if score_range is None else [float(v) for v in score_range],
             "state_dict": model.state_dict(),
         },
         path,
     )
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None, map_location: str | torch.device = "cpu") -> nn.Module:
+def load(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    map_location: str | torch.device = "cpu",
+    layers: Sequence[type] = (),
+) -> nn.Module:
     """Load a model saved by :func:`save`.
 
     Zoo models rebuild themselves. For any other model pass ``model``: a fresh,
     unhardened instance of the original architecture; it is hardened in place
-    with the saved config and receives the saved weights.
+    with the saved config, its pruned layers are narrowed in place, and it receives
+    the saved weights. ``layers``: unregistered orthogonal layer classes the file
+    may name (nothing a file names is ever imported).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -49,7 +63,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, map_location: 
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise ValueError(f"{path!r} is not a readable weights-only surgery file: {err}") from err
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in _READABLE:
         raise ValueError(f"{path!r} was not written by surgery.save (format {FORMAT!r} expected)")
     if model is None:
         spec = data["model"]
@@ -60,33 +74,17 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, map_location: 
             )
         model = create_model(spec["name"], **spec["kwargs"])
     if data["harden"] is not None:
-        apply_config(model, HardenConfig.from_dict(data["harden"]))
-    _resize_to(model, data["state_dict"])
-    model.load_state_dict(data["state_dict"])
+        harden_data = dict(data["harden"])
+        if isinstance(harden_data.get("pruning"), str):  # v1 kept only a description of the pruning
+            raise ValueError(f"{path!r} holds a pruned model saved by an older surgery without a pruning record: re-save it")
+        config = HardenConfig.from_dict(harden_data)
+        apply_config(model, config, layers)
+        for report in config.pruning:
+            resize_layers(model, report.resized)
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"the weights in {path!r} do not fit the rebuilt {type(model).__name__}: {err}") from err
+    if data.get("score_range") is not None:
+        model.score_range = tuple(data["score_range"])
     return model.to(map_location)
-
-
-def _resize_to(model: nn.Module, state_dict: dict) -> None:
-    """Give pruned layers the channel counts of the saved weights (pruning only narrows
-    Conv2d, Linear and BatchNorm layers, so rebuilding those with the saved shapes
-    reproduces the pruned architecture)."""
-    for name, module in list(model.named_modules()):
-        weight = state_dict.get(f"{name}.weight" if name else "weight")
-        if weight is None or not hasattr(module, "weight") or module.weight is None or module.weight.shape == weight.shape:
-            continue
-        if isinstance(module, nn.Conv2d):
-            depthwise = module.groups == module.in_channels and module.groups > 1
-            in_channels = weight.shape[0] if depthwise else weight.shape[1] * module.groups
-            new = nn.Conv2d(
-                in_channels, weight.shape[0], module.kernel_size, module.stride, module.padding, module.dilation,
-                groups=in_channels if depthwise else module.groups, bias=module.bias is not None, padding_mode=module.padding_mode,
-            )
-        elif isinstance(module, nn.Linear):
-            new = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None)
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            new = type(module)(weight.shape[0], module.eps, module.momentum, module.affine, module.track_running_stats)
-        else:
-            raise ValueError(f"saved weights of {name!r} ({type(module).__name__}) have shape {tuple(weight.shape)}, "
-                             f"the rebuilt model has {tuple(module.weight.shape)}")
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new.to(module.weight.device))

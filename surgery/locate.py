@@ -30,6 +30,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .modes import eval_mode
+
 __all__ = ["ConvBlock", "ModelMap", "locate", "positions", "Position"]
 
 Position = Union[str, int, Sequence[Union[str, int]]]
@@ -198,13 +200,11 @@ def _record_calls(model: nn.Module, example: torch.Tensor) -> dict[str, _Call]:
 
         return hook
 
-    modes = {m: m.training for m in model.modules()}
     for name, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(pre_hook(name)))
         handles.append(module.register_forward_hook(post_hook(name)))
     try:
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(example)
     except Exception as err:
         raise RuntimeError(
@@ -214,8 +214,6 @@ def _record_calls(model: nn.Module, example: torch.Tensor) -> dict[str, _Call]:
     finally:
         for handle in handles:
             handle.remove()
-        for module, mode in modes.items():
-            module.training = mode
     return calls
 
 
@@ -377,10 +375,9 @@ def _dependencies(
         return _fx_dependencies(model.get_submodule(root), root, groups), "fx", None
     except Exception as err:  # fx raises many kinds of errors on untraceable code
         fx_error = f"{type(err).__name__}: {err}"
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        return _autograd_dependencies(model, root, groups, example), "autograd", fx_error
+        with eval_mode(model):
+            return _autograd_dependencies(model, root, groups, example), "autograd", fx_error
     except Exception as err:
         warnings.warn(
             f"could not find the branches of {type(model).__name__} (torch.fx: {fx_error.splitlines()[0][:200]}; "
@@ -389,9 +386,6 @@ def _dependencies(
             stacklevel=4,
         )
         return [set(range(i)) for i in range(len(groups))], "order", fx_error
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
 
 
 def _branches(deps: list[set[int]]) -> list[int]:

@@ -15,7 +15,6 @@ feature map entering and leaving the block keeps its width.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -24,30 +23,12 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
-from .attacks.base import per_image_scores
+from .attacks.base import per_image_scores, scoring_network
 from .blocks import RobustSplice
+from .config import PruneReport, layer_shape, record_pruning
+from .modes import eval_mode
 
 __all__ = ["prune", "PruneReport", "PLSImportance", "vip_scores", "pls_importances"]
-
-
-@dataclass
-class PruneReport:
-    method: str
-    amount: float
-    channel_ratio: float
-    params_before: int
-    params_after: int
-
-    @property
-    def removed(self) -> float:
-        """Fraction of parameters removed."""
-        return 1 - self.params_after / self.params_before
-
-    def __str__(self) -> str:
-        return (
-            f"{self.method} pruning: {self.params_before:,} -> {self.params_after:,} parameters "
-            f"({100 * self.removed:.1f}% removed, {100 * self.channel_ratio:.1f}% of each prunable layer's channels)"
-        )
 
 
 def vip_scores(features: np.ndarray, target: np.ndarray, n_components: int = 2) -> np.ndarray:
@@ -76,16 +57,14 @@ def pls_importances(
     ]
     outputs = []
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     try:
-        for start in range(0, calib.shape[0], batch_size):
-            batch = calib[start : start + batch_size].to(device)
-            outputs.append(per_image_scores(model(batch), batch.shape[0]).float().cpu())
+        with eval_mode(model):
+            for start in range(0, calib.shape[0], batch_size):
+                batch = calib[start : start + batch_size].to(device)
+                outputs.append(per_image_scores(model(batch), batch.shape[0]).float().cpu())
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     y = (target if target is not None else torch.cat(outputs)).double().numpy()
     if np.ptp(y) == 0:
         raise ValueError("the PLS target is constant on the calibration set: pass calib_targets (MOS) or more varied images")
@@ -139,7 +118,9 @@ def prune(
     output layer and RobustBlocks are kept whole. ``method="pls"`` needs ``calib``:
     about 200 images in [0, 1] (3% of the data in the paper) and optionally their MOS.
     Models with auxiliary outputs (Linearity's ``forward_branches``) are traced through
-    all of them, so every head stays consistent.
+    all of them, so every head stays consistent. The report, with every layer it
+    narrowed, is added to the model's record, so :func:`surgery.save` /
+    :func:`surgery.load` rebuild the pruned architecture.
     """
     if method not in ("l2", "pls"):
         raise ValueError(f"method must be 'l2' or 'pls', got {method!r}")
@@ -157,36 +138,109 @@ def prune(
     splices = [m for m in model.modules() if isinstance(m, RobustSplice)]
     blocks = [s.robust for s in splices]
     stand_ins = [nn.Conv2d(b.config.channels, b.config.channels, 1).to(param.device) for b in blocks]
-    last_layer = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    network = scoring_network(model)  # a pyiqa metric's forward switches gradients off, which hides the graph
+    _check_prunable(network)
+    last_layer = [m for m in network.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
     ratio = 1 - (1 - amount) ** 0.5
-    was_training = model.training
-    model.eval()
+    widths = {module: layer_shape(module) for module in model.modules()}
     for splice, stand_in in zip(splices, stand_ins):
         splice.robust = stand_in
     try:
-        pruner = tp.pruner.MetaPruner(
-            model,
-            example_input,
-            importance=importance,
-            pruning_ratio=ratio,
-            ignored_layers=[last_layer, *_output_layers(model, example_input), *stand_ins, *ignored],
-            forward_fn=_all_outputs if hasattr(model, "forward_branches") else None,
-        )
-        for group in pruner.step(interactive=True):
-            if not any(dep.layer in stand_ins for dep, _ in group):
-                group.prune()
+        with eval_mode(model):
+            forward = _all_outputs if hasattr(network, "forward_branches") else _output
+            dead_ends = _dead_end_layers(network, example_input, forward)
+            pruner = tp.pruner.MetaPruner(
+                network,
+                example_input,
+                importance=importance,
+                pruning_ratio=ratio,
+                ignored_layers=[last_layer, *_output_layers(network, example_input), *stand_ins, *dead_ends, *ignored],
+                forward_fn=_forward_including(dead_ends, forward),
+            )
+            for group in pruner.step(interactive=True):
+                if not any(dep.layer in stand_ins for dep, _ in group):
+                    group.prune()
     finally:
         for splice, block in zip(splices, blocks):
             splice.robust = block
-        model.train(was_training)
     try:
-        with torch.no_grad():
-            model.eval()(example_input)
+        with torch.no_grad(), eval_mode(model):
+            model(example_input)
     except Exception as err:
         raise RuntimeError(f"the pruned model no longer runs ({type(err).__name__}: {err}); pass the layer in ignored=") from err
+    resized = {
+        name: layer_shape(module)
+        for name, module in model.named_modules()
+        if module in widths and layer_shape(module) != widths[module]
+    }
+    report = PruneReport(method, amount, ratio, before, _count(model), resized)
+    record_pruning(model, report)
+    return report
+
+
+# torch-pruning follows a flattened map element by element; past this width (DBCNN's
+# 512 x 128 bilinear features feed a 65,536-input Linear) its dependency graph exhausts memory
+MAX_FLATTENED_FEATURES = 16384
+
+
+def _check_prunable(network: nn.Module) -> None:
+    for name, module in network.named_modules():
+        if isinstance(module, nn.Linear) and module.in_features > MAX_FLATTENED_FEATURES:
+            raise ValueError(
+                f"cannot prune {type(network).__name__}: its layer {name!r} takes {module.in_features:,} flattened "
+                f"features (more than {MAX_FLATTENED_FEATURES:,}; bilinear pooling, as in DBCNN), and torch-pruning's "
+                "dependency graph through it does not fit in memory. Harden without pruning (prune=None)."
+            )
+
+
+def _output(model: nn.Module, x: torch.Tensor):
+    return model(x)
+
+
+def _tensors(output) -> list[torch.Tensor]:
+    if torch.is_tensor(output):
+        return [output]
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _tensors(item)]
+    if isinstance(output, dict):
+        return [t for item in output.values() for t in _tensors(item)]
+    return []
+
+
+def _dead_end_layers(network: nn.Module, example: torch.Tensor, forward) -> list[nn.Module]:
+    """Layers that run but whose output never reaches the model's output (TReS computes its
+    ResNet's ImageNet logits and drops them). torch-pruning traces back from the output and
+    would narrow their inputs without narrowing them; they are shown to it and kept whole."""
+    outputs: dict[nn.Module, torch.Tensor] = {}
+    layers = [m for m in network.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [m.register_forward_hook(lambda mod, a, out: outputs.setdefault(mod, out)) for m in layers]
+    try:
+        with torch.enable_grad():
+            final = sum(t.float().sum() for t in _tensors(forward(network, example)) if t.requires_grad)
     finally:
-        model.train(was_training)
-    return PruneReport(method, amount, ratio, before, _count(model))
+        for hook in hooks:
+            hook.remove()
+    ran = [m for m in layers if torch.is_tensor(outputs.get(m)) and outputs[m].requires_grad]
+    if not ran or not torch.is_tensor(final):
+        return []
+    grads = torch.autograd.grad(final, [outputs[m] for m in ran], allow_unused=True)
+    return [m for m, grad in zip(ran, grads) if grad is None]
+
+
+def _forward_including(layers: Sequence[nn.Module], forward):
+    """``forward`` whose result also carries the outputs of ``layers``, so torch-pruning sees them."""
+
+    def run(model: nn.Module, x: torch.Tensor):
+        captured: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda mod, a, out: captured.append(out)) for m in layers]
+        try:
+            output = forward(model, x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return (output, *captured) if captured else output
+
+    return run
 
 
 def _all_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

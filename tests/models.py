@@ -48,3 +48,53 @@ class TinyIQA(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.relu(self.conv(x)).mean((2, 3))).squeeze(-1)
+
+
+class BatchNormIQA(nn.Module):
+    """Conv, BatchNorm, dropout and a linear head: a model whose train mode changes
+    its scores and its buffers, to catch code that measures it in the wrong mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3))).squeeze(-1)
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything measuring a model must leave alone: each module's mode, every
+    parameter and buffer, ``requires_grad`` and ``.grad``."""
+    return {
+        "modes": [(name, m.training) for name, m in model.named_modules()],
+        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=False).items()},
+        "requires_grad": [(name, p.requires_grad) for name, p in model.named_parameters()],
+        "grads": {name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()},
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["modes"] == before["modes"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["state"].keys() == before["state"].keys()
+    for key, value in before["state"].items():
+        assert torch.equal(after["state"][key], value), f"{key} changed"
+    for key, grad in before["grads"].items():
+        assert (grad is None) == (after["grads"][key] is None) and (grad is None or torch.equal(grad, after["grads"][key])), key
+
+
+class SmallCNN(nn.Module):
+    """Two convolutions with a saturating activation: curved enough that one sign step
+    and many projected steps differ, as in real IQA models."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, stride=2)
+        self.fc = nn.Linear(8, 1)
+
+    def forward(self, x):
+        x = torch.tanh(4 * self.conv1(x))
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3))).squeeze(-1)

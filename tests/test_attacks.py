@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from surgery.attacks import PGD, UAP, StAdv, default_alpha, flow_smoothness, scores, warp
-from tests.models import TinyIQA
+from tests.models import BatchNormIQA, TinyIQA, assert_unchanged, snapshot
 
 
 @pytest.fixture
@@ -57,10 +57,16 @@ def test_attacks_leave_parameters_mode_and_grad_flags_alone(model, images):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_attacks_work_in_train_mode_and_keep_it(images):
-    model = TinyIQA().train()
-    PGD(steps=1)(model, images)
-    assert model.training
+@pytest.mark.parametrize("attack", [PGD(steps=2), UAP(iterations=2, size=(8, 8)), StAdv(steps=2)], ids=repr)
+def test_attacks_run_in_eval_mode_and_give_the_model_back(images, attack):
+    model = BatchNormIQA().train()
+    model.head.eval()
+    model.features[0].weight.grad = torch.zeros_like(model.features[0].weight)
+    before = snapshot(model)
+    adversarial = attack(model, images)
+    assert_unchanged(model, before)
+    repeat = attack(model, images)  # eval mode: dropout and batch statistics play no part
+    assert torch.equal(adversarial, repeat)
 
 
 def test_uap_is_universal_and_resizes(model, images, tmp_path):

@@ -8,7 +8,7 @@ import surgery
 from surgery import metrics
 from surgery.attacks import PGD, scores
 from surgery.evaluate import Table, compare, evaluate, resolve_attacks
-from tests.models import TinyIQA
+from tests.models import BatchNormIQA, TinyIQA, assert_unchanged, snapshot
 
 
 @pytest.fixture
@@ -82,6 +82,23 @@ def test_interrupted_sweep_resumes_from_cache(data, tmp_path, monkeypatch):
         evaluate(model, torch.rand(6, 3, 12, 12), attacks=["pgd-1"], eps_grid=(2 / 255,), cache=tmp_path, progress=False)
 
 
+def test_cache_is_keyed_by_weights_settings_and_direction(data, tmp_path):
+    images, mos = data
+    model = TinyIQA().eval()
+    run = lambda m, **kw: evaluate(m, images, mos, eps_grid=(4 / 255,), cache=tmp_path, progress=False, **kw)  # noqa: E731
+    run(model, attacks=["pgd-1"])
+    with torch.no_grad():
+        model.fc.weight.mul_(3)  # further trained under the same name
+    fresh = evaluate(model, images, mos, attacks=["pgd-1"], eps_grid=(4 / 255,), progress=False)
+    assert run(model, attacks=["pgd-1"]).rows == fresh.rows
+    other_step = PGD(eps=4 / 255, steps=1, alpha=1 / 255)
+    assert run(model, attacks=[other_step]).rows[1]["mean_score"] == pytest.approx(
+        evaluate(model, images, mos, attacks=[other_step], progress=False).rows[1]["mean_score"]
+    )
+    down = run(model, attacks=["pgd-1"], direction="down")
+    assert down.rows[1]["abs_gain"] < 0
+
+
 def test_compare_hardened_and_original_side_by_side(data, tmp_path):
     images, mos = data
     images = torch.nn.functional.interpolate(images, size=32)
@@ -113,3 +130,25 @@ def test_mos_length_must_match(data):
 
 def test_empty_table_renders():
     assert Table().to_markdown() == ""
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
+def test_evaluate_scores_in_eval_mode_and_gives_the_model_back(data, mode):
+    images, mos = data
+    model = BatchNormIQA().train(mode != "eval")
+    if mode == "mixed":
+        model.head.eval()
+    model.head[1].weight.requires_grad_(False)
+    model.features[0].weight.grad = torch.ones_like(model.features[0].weight)
+    before = snapshot(model)
+    attacks = ["pgd-2", "uap", "stadv"]
+    table = evaluate(model, images, mos, attacks=attacks, eps_grid=(4 / 255,), progress=False)
+    assert_unchanged(model, before)
+    reference = BatchNormIQA()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = reference.eval()(images)
+    assert table.rows[0]["mean_score"] == pytest.approx(float(expected.mean()), rel=1e-6)
+    again = evaluate(model, images, mos, attacks=attacks, eps_grid=(4 / 255,), progress=False)
+    assert again.rows == table.rows
+    assert_unchanged(model, before)

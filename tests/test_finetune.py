@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 import surgery
 from surgery import metrics
 from surgery.finetune import finetune
-from tests.models import TinyIQA
+from tests.models import BatchNormIQA, TinyIQA, assert_unchanged, snapshot
 
 
 def toy_split(n=48, seed=0):
@@ -82,6 +82,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         finetune(interrupted, train, val, epochs=3, checkpoint_dir=tmp_path / "cut", progress=False)
     monkeypatch.setattr(module, "_validate", real_validate)
+    assert all(torch.equal(interrupted.state_dict()[k], v) for k, v in start.items())  # given back as it came
 
     fresh = TinyIQA()  # as a new process would build it
     resumed = finetune(fresh, train, val, epochs=3, checkpoint_dir=tmp_path / "cut", progress=False)
@@ -101,6 +102,24 @@ def test_best_checkpoint_loads_with_surgery_load(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x))
     assert [n for n in os.listdir(tmp_path) if n.startswith(".tmp")] == []
+
+
+def test_each_module_keeps_its_own_mode():
+    train, val = toy_split()
+    model = BatchNormIQA().train()
+    model.head.eval()  # dropout off on purpose
+    finetune(model, train, val, epochs=1, progress=False)
+    assert model.training and model.features.training and not model.head.training and not model.head[0].training
+
+
+def test_a_failed_run_gives_the_model_back():
+    train, _ = toy_split()
+    model = BatchNormIQA().train()
+    model.head.eval()
+    before = snapshot(model)
+    with pytest.raises(FloatingPointError):
+        finetune(model, train, epochs=1, lr=1e30, loss=lambda p, t: (p - t).square().mean() * float("inf"), progress=False)
+    assert_unchanged(model, before)
 
 
 def test_bad_inputs():

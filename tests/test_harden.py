@@ -95,6 +95,24 @@ def test_harden_keeps_the_training_mode():
     assert harden(model.train(), input_size=(3, 64, 64)).training
 
 
+def modes_by_original_name(model: nn.Module) -> dict[str, bool]:
+    spliced = list(robust_blocks(model))
+    modes = {original_key(name + ".", spliced): m.training for name, m in model.named_modules() if name}
+    modes.pop(None, None)
+    return {name.rstrip("."): mode for name, mode in modes.items()}
+
+
+@pytest.mark.parametrize("prune", [None, "l2"])
+def test_harden_keeps_each_module_mode(prune):
+    model = TwoBranch().train()
+    model.a.eval()  # a submodule kept in eval mode inside a model in train mode, as pyiqa does
+    before = modes_by_original_name(model)
+    hardened = harden(model, input_size=(3, 32, 32), prune=prune)
+    assert hardened.training and modes_by_original_name(hardened) == before
+    assert not any(m.training for m in hardened.a.modules())  # the block in front of a.3 follows it
+    assert all(m.training for m in hardened.b.modules())
+
+
 @pytest.mark.parametrize("position,expected", [(["layer2", "layer4"], ["layer2", "layer4"]), (3, ["layer2"]), ("layer3.1", ["layer3.1"])])
 def test_harden_at_chosen_positions(position, expected):
     hardened = harden(torchvision.models.resnet18(), position=position, input_size=(3, 64, 64))
@@ -174,6 +192,8 @@ def test_pyiqa_metric_stays_a_pyiqa_metric():
     assert sorted(robust_blocks(hardened)) == ["net.features1.24", "net.features2.24"]
     x = torch.rand(1, 3, 224, 224)
     assert hardened(x).shape == metric(x).shape
+    assert modes_by_original_name(hardened) == modes_by_original_name(metric)  # the inner net stays in eval mode
+    assert not hardened.net.training
 
     as_loss = harden(surgery.create_model("dbcnn", as_loss=True))
     x.requires_grad_()

@@ -120,16 +120,23 @@ def test_cayley_eval_cache_reused_and_invalidated():
     layer.eval()
     with torch.no_grad():
         first = layer(x)
-        cached = layer._q_cache[1]
+        cached = layer._q_cache[-1]
         second = layer(x)
-        assert layer._q_cache[1] is cached
+        assert layer._q_cache[-1] is cached
         torch.testing.assert_close(first, train_out, atol=1e-5, rtol=1e-5)
         assert torch.equal(first, second)
 
         layer.weight.add_(0.5)  # in-place change invalidates
         changed = layer(x)
-        assert layer._q_cache[1] is not cached
+        assert layer._q_cache[-1] is not cached
         assert not torch.allclose(changed, first)
+
+        for update in (lambda: layer.weight.data.add_(0.3), lambda: layer.alpha.data.mul_(2)):
+            before = layer(x)
+            update()  # through .data, as an EMA does: the version counter does not see it
+            after = layer(x)
+            layer.clear_cache()
+            assert torch.equal(after, layer(x)) and not torch.allclose(after, before)
 
         other = CayleyConv2d(4, 8, 3)
         layer.load_state_dict(other.state_dict())  # so does loading weights
@@ -252,4 +259,6 @@ def test_registry_names_classes_and_errors():
             super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
 
     assert get_ortho("test-identity") is Identity and ortho_name(Identity) == "test-identity"
-    assert get_ortho(ortho_name(nn.Conv2d)) is nn.Conv2d  # unregistered classes resolve by import path
+    assert get_ortho(ortho_name(nn.Conv2d), layers=[nn.Conv2d]) is nn.Conv2d  # unregistered: only classes passed in
+    with pytest.raises(ValueError, match="never imports"):
+        get_ortho(ortho_name(nn.Conv2d))

@@ -7,6 +7,7 @@ import torch.fx
 import torchvision
 
 import surgery
+from tests.conftest import requires_pyiqa
 from surgery.prune import prune, vip_scores
 
 
@@ -66,3 +67,9 @@ def test_prune_errors(kwargs, match):
         prune(torchvision.models.resnet18(), **{"method": "l2", **kwargs})
     with pytest.raises(ValueError, match="prune must be"):
         surgery.harden(torchvision.models.resnet18(), prune="random", input_size=(3, 32, 32))
+
+
+@requires_pyiqa
+def test_dbcnn_bilinear_features_are_refused_before_memory_runs_out():
+    with pytest.raises(ValueError, match="65,536 flattened features.*prune=None"):
+        surgery.harden(surgery.create_model("dbcnn"), prune="l2", input_size=(3, 64, 64))

@@ -4,19 +4,21 @@ The threat model of Meleshin et al. (§1, §4): an attacker perturbs an image in
 [0, 1] within a budget to move an NR-IQA model's score, usually up. Every attack
 takes ``(model, images)`` and returns adversarial images that stay in [0, 1] and
 inside the budget. Attacks work on any module that maps images to scores (pyiqa
-metrics included), leave its parameters and train/eval mode untouched, and do not
-compute gradients for its weights.
+metrics included), run it in eval mode with frozen weights and give it back as it
+came (every module's mode, ``requires_grad``, parameters, buffers and ``.grad``).
 """
 from __future__ import annotations
 
 import abc
-import contextlib
-from typing import Callable, Iterator, Literal
+import math
+from typing import Callable, Literal
 
 import torch
 from torch import nn
 
-__all__ = ["Attack", "scores", "score_fn", "check_images", "frozen", "model_device", "is_pyiqa_metric", "per_image_scores", "scoring_network", "Direction"]
+from ..modes import measuring
+
+__all__ = ["Attack", "scores", "score_fn", "check_images", "check_budget", "check_count", "model_device", "is_pyiqa_metric", "per_image_scores", "scoring_network", "Direction"]
 
 Direction = Literal["up", "down"]
 
@@ -59,6 +61,11 @@ def check_images(images: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected images as a (batch, 3, H, W) or (batch, 1, H, W) tensor, got {shape}")
     if not images.is_floating_point():
         raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}: divide uint8 images by 255")
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"got an empty batch of images, shape {tuple(images.shape)}: pass at least one image")
+    if not torch.isfinite(images).all():
+        bad = (~torch.isfinite(images)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"image(s) {bad[:10]} contain NaN or inf pixels: fix or drop them before scoring or attacking")
     low, high = float(images.min()), float(images.max())
     if low < -1e-6 or high > 1 + 1e-6:
         raise ValueError(
@@ -68,13 +75,28 @@ def check_images(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
+def check_budget(attack: str, **values: float) -> float:
+    """Each value a finite number > 0 (a budget, a step); returns the last one."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{attack} needs a finite {name} > 0, got {name}={value!r}")
+    return float(value)
+
+
+def check_count(attack: str, **values: int) -> None:
+    """Each value an int >= 1 (steps, iterations, restarts)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{attack} needs an integer {name} >= 1, got {name}={value!r}")
+
+
 def scores(model: nn.Module, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     """Model scores for a batch of images, without gradients, in chunks: (N,) on the CPU."""
     check_images(images)
     score = score_fn(model)
     device = model_device(model)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), measuring(model):
         for start in range(0, images.shape[0], batch_size):
             out.append(score(images[start : start + batch_size].to(device)).float().cpu())
     result = torch.cat(out)
@@ -89,25 +111,12 @@ def model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-@contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """No gradients for the model's weights while attacking; restored afterwards."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
 class Attack(abc.ABC):
     """Base class: ``attack(model, images, direction="up") -> adversarial images``.
 
     Subclasses implement :meth:`perturb` on one batch that is already on the
-    model's device and checked; the base class handles checking, freezing the
-    weights, batching and device moves.
+    model's device and checked; the base class handles checking, eval mode and
+    frozen weights (both restored afterwards), batching and device moves.
     """
 
     name: str = "attack"
@@ -122,7 +131,7 @@ class Attack(abc.ABC):
         device = model_device(model)
         batch_size = batch_size or images.shape[0]
         out = []
-        with frozen(model):
+        with measuring(model):
             for start in range(0, images.shape[0], batch_size):
                 batch = images[start : start + batch_size].to(device)
                 out.append(self.perturb(score_fn(model), batch, sign).detach().clamp_(0, 1).to(images.device))

@@ -8,12 +8,13 @@ the flow is clamped to it after every step, so the attack always respects it.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .base import Attack
+from .base import Attack, check_budget, check_count
 
 __all__ = ["StAdv", "warp", "flow_smoothness"]
 
@@ -53,8 +54,10 @@ class StAdv(Attack):
     name = "stadv"
 
     def __init__(self, steps: int = 5, max_flow: float = 1.0, tau: float = 0.05, lr: float = 0.25):
-        if steps < 1 or max_flow <= 0:
-            raise ValueError(f"StAdv needs steps >= 1 and max_flow > 0, got steps={steps}, max_flow={max_flow}")
+        check_count("StAdv", steps=steps)
+        check_budget("StAdv", max_flow=max_flow, lr=lr)
+        if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
+            raise ValueError(f"StAdv needs a finite tau >= 0, got tau={tau!r}")
         self.steps = steps
         self.max_flow = max_flow
         self.tau = tau

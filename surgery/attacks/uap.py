@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..files import atomic_save
-from .base import Attack, Direction, check_images, frozen, model_device, score_fn
+from ..modes import measuring
+from .base import Attack, Direction, check_budget, check_count, check_images, model_device, score_fn
 
 __all__ = ["UAP"]
 
@@ -29,8 +30,10 @@ class UAP(Attack):
     def __init__(
         self, eps: float = 10 / 255, iterations: int = 10, alpha: float | None = None, size: tuple[int, int] = (224, 224)
     ):
-        if eps <= 0 or iterations < 1:
-            raise ValueError(f"UAP needs eps > 0 and iterations >= 1, got eps={eps}, iterations={iterations}")
+        check_budget("UAP", eps=eps)
+        check_count("UAP", iterations=iterations)
+        if alpha is not None:
+            check_budget("UAP", alpha=alpha)
         self.eps = eps
         self.iterations = iterations
         self.alpha = eps / 4 if alpha is None else alpha
@@ -52,7 +55,7 @@ class UAP(Attack):
         device = model_device(model)
         score = score_fn(model)
         delta = torch.zeros(images.shape[1], *self.size, device=device)
-        with frozen(model):
+        with measuring(model):
             for _ in range(self.iterations):
                 for start in range(0, images.shape[0], batch_size):
                     batch = images[start : start + batch_size].to(device)

@@ -3,12 +3,11 @@
 ``get_ortho("cayley" | "aol" | "aoc")`` returns the layer class; a user's own
 class (any ``nn.Module`` whose constructor takes ``in_channels, out_channels,
 kernel_size, bias``) can be passed directly or registered under a name with
-:func:`register_ortho`.
+:func:`register_ortho`. Names are resolved, never imported.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Callable, Union
+from typing import Callable, Iterable, Union
 
 from torch import nn
 
@@ -42,19 +41,25 @@ def ortho_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_ortho(spec: OrthoSpec) -> type:
-    """The layer class for a registered name, or ``spec`` itself when it is an nn.Module class."""
+def get_ortho(spec: OrthoSpec, layers: Iterable[type] = ()) -> type:
+    """The layer class for a registered name, for the qualified name of one of ``layers``,
+    or ``spec`` itself when it is an nn.Module class.
+
+    A name is never imported: a file that names an unregistered class (``"pkg.Layer"``)
+    resolves only against the classes the caller passes in ``layers``.
+    """
     if isinstance(spec, type) and issubclass(spec, nn.Module):
         return spec
     if isinstance(spec, str) and spec.lower() in _REGISTRY:
         return _REGISTRY[spec.lower()]
-    if isinstance(spec, str) and "." in spec:  # an unregistered class saved by its qualified name
-        module_name, _, class_name = spec.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"cannot import orthogonal convolution {spec!r}: {err}") from err
-        return get_ortho(cls)
+    for cls in layers:
+        if isinstance(spec, str) and ortho_name(cls) == spec:
+            return get_ortho(cls)
+    if isinstance(spec, str) and "." in spec:
+        raise ValueError(
+            f"orthogonal convolution {spec!r} is not registered (surgery never imports a class a file names): "
+            "register it with surgery.ortho.register_ortho, or pass layers=[TheClass] to surgery.load"
+        )
     raise ValueError(
         f"unknown orthogonal convolution {spec!r}: choose one of {ortho_names()}, "
         "pass an nn.Module class, or register one with surgery.ortho.register_ortho"

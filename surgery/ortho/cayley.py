@@ -41,8 +41,8 @@ class CayleyConv2d(OrthoConv2d):
     Same spatial size in and out (circular padding, stride 1); any input size.
     In eval mode, when no gradient can reach the layer's own parameters, the
     per-frequency matrices ``Q`` are computed once per input size and cached;
-    ``train()``, ``load_state_dict`` or any in-place change of the weights
-    invalidates the cache. The cache holds ``H * (W // 2 + 1) * out * in``
+    ``train()``, ``load_state_dict`` or any change of the weights' values (in place,
+    through ``.data``, by an EMA) invalidates the cache. The cache holds ``H * (W // 2 + 1) * out * in``
     complex64 numbers (2.3 GB for 512 -> 1024 channels at 32x32).
     """
 
@@ -64,7 +64,7 @@ class CayleyConv2d(OrthoConv2d):
         # Learnable scale as in the reference: the kernel enters as alpha * W / ||W||.
         self.alpha = nn.Parameter(torch.empty((), **factory))
         self._phase_cache: dict[tuple, torch.Tensor] = {}
-        self._q_cache: tuple[tuple, torch.Tensor] | None = None
+        self._q_cache: tuple[tuple, tuple[torch.Tensor, ...], torch.Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -89,8 +89,9 @@ class CayleyConv2d(OrthoConv2d):
         self._phase_cache = {}
         return super()._apply(fn, *args, **kwargs)
 
-    def _weights_key(self) -> tuple:
-        return tuple((p._version, p.data_ptr()) for p in (self.weight, self.alpha))
+    def _weights_unchanged(self, snapshot: tuple[torch.Tensor, ...]) -> bool:
+        # compared by value: version counters miss updates through ``.data`` (EMA, in-place loads)
+        return all(torch.equal(saved, p) for saved, p in zip(snapshot, (self.weight, self.alpha)))
 
     def _use_cache(self) -> bool:
         weights_need_grad = self.weight.requires_grad or self.alpha.requires_grad
@@ -178,12 +179,13 @@ class CayleyConv2d(OrthoConv2d):
         return torch.cat([2 * inverse - eye, -2 * (v_freq @ inverse)], dim=1)
 
     def _cached_matrices(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        key = (height, width, str(device), self._weights_key())
-        if self._q_cache is None or self._q_cache[0] != key:
+        key = (height, width, str(device))
+        if self._q_cache is None or self._q_cache[0] != key or not self._weights_unchanged(self._q_cache[1]):
             self._q_cache = None  # free the old matrices before building new ones
             with torch.no_grad():
-                self._q_cache = (key, self.orthogonal_matrices(height, width))
-        return self._q_cache[1]
+                snapshot = (self.weight.detach().clone(), self.alpha.detach().clone())
+                self._q_cache = (key, snapshot, self.orthogonal_matrices(height, width))
+        return self._q_cache[2]
 
     def _forward_cached(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]

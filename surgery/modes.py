@@ -1,0 +1,59 @@
+"""Module modes that survive the library: every submodule's own train/eval flag and
+``requires_grad`` are saved on entry and given back on exit.
+
+``model.train(was_training)`` sets every submodule to one mode, which silently puts a
+pyiqa metric's inner network (kept in eval mode inside a metric in train mode) into
+training mode. These context managers restore each module's flag individually.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from torch import nn
+
+__all__ = ["preserved_modes", "eval_mode", "frozen", "measuring"]
+
+
+@contextlib.contextmanager
+def preserved_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Give every submodule back the train/eval flag it had on entry, whatever happens inside."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield model
+    finally:
+        # modules() lists a parent before its descendants, so each module's own
+        # call comes last (``train()`` is kept, not ``.training =``: layers such as
+        # CayleyConv2d drop caches there)
+        for module, mode in modes:
+            if module.training != mode:
+                module.train(mode)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The whole model in eval mode inside; each submodule's own mode restored on exit."""
+    with preserved_modes(model):
+        model.eval()
+        yield model
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """No gradients for the model's weights inside; each parameter's ``requires_grad`` restored."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def measuring(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and frozen weights: what scoring and attacking need, with the model given
+    back as it came (modes, ``requires_grad``; eval mode leaves buffers alone)."""
+    with eval_mode(model), frozen(model):
+        yield model
