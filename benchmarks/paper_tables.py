@@ -89,9 +89,11 @@ def load_data(args) -> dict:
 
 
 def trainable(model: torch.nn.Module, first_stage: int) -> list[torch.nn.Parameter]:
-    """Stages from ``first_stage`` on, the head, and every RobustBlock wherever it is."""
+    """Stages from ``first_stage`` on, the head, and every RobustBlock wherever it is,
+    except the parameters of blocks built frozen (the paper code's block)."""
     prefixes = trained_prefixes(first_stage)
-    return [p for n, p in model.named_parameters() if n.startswith(prefixes) or ".robust." in n]
+    frozen = {id(p) for b in surgery.robust_blocks(model).values() if b.config.freeze for p in b.parameters()}
+    return [p for n, p in model.named_parameters() if (n.startswith(prefixes) or ".robust." in n) and id(p) not in frozen]
 
 
 def frozen_trunk(model: torch.nn.Module, first_stage: int) -> list[torch.nn.Module]:

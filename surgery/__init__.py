@@ -7,7 +7,7 @@ implements Meleshin, Chistyakova, Antsiferova & Vatolin, "Robustness as
 Architecture: Designing IQA Models to Withstand Adversarial Perturbations".
 """
 from . import attacks, metrics
-from .blocks import RobustBlock, RobustBlockConfig, RobustSplice, symbolic_trace
+from .blocks import PAPER_CODE_BLOCK, RobustBlock, RobustBlockConfig, RobustSplice, symbolic_trace
 from .harden import HardenConfig, apply_config, describe, harden, robust_blocks
 from .evaluate import Table, compare, evaluate
 from .finetune import FinetuneResult, finetune
@@ -44,6 +44,7 @@ __all__ = [
     "RobustBlock",
     "RobustBlockConfig",
     "RobustSplice",
+    "PAPER_CODE_BLOCK",
     "symbolic_trace",
     "ConvBlock",
     "ModelMap",

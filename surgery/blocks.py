@@ -5,11 +5,19 @@ input for the orthogonal convolution) ``-> Conv2d(C, C/2)`` (cheaper orthogonal
 layer, which is most effective when it expands channels) ``-> orthogonal conv
 C/2 -> C`` (semi-orthogonal, norm-preserving). The output ``[B, C, s, s]`` feeds
 the convolutional block it was spliced in front of (:class:`RobustSplice`).
+
+The paper's public code builds the block differently (``models_train/Cayley.py``,
+``CayleyBlockPool``; SPEC §6): a stride-1 sliding max-pool to a square a little
+smaller than min(H, W), a 3x3 reducing conv without padding to about C/5 channels,
+then the Cayley conv with its kernel normalised by its spectrum and its scale fixed
+at 1, and the whole block left at its random initialisation. :data:`PAPER_CODE_BLOCK`
+holds those options (``harden(model, **PAPER_CODE_BLOCK)``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 import torch.fx
@@ -19,9 +27,21 @@ from torch import nn
 from .modes import preserved_modes
 from .ortho import get_ortho, ortho_name
 
-__all__ = ["RobustBlock", "RobustBlockConfig", "RobustSplice", "PooledSize", "symbolic_trace"]
+__all__ = ["RobustBlock", "RobustBlockConfig", "RobustSplice", "PooledSize", "PAPER_CODE_BLOCK", "symbolic_trace"]
 
-PooledSize = Union[int, str]  # an int, "min" (min(H, W)) or "keep" (no pooling)
+PooledSize = Union[int, str]  # an int, "min" (min(H, W)), "paper" (the paper code's square) or "keep"
+
+# The block as the paper's code builds it (hidden_channels as a fraction: 200 of 1024).
+PAPER_CODE_BLOCK: dict[str, Any] = {
+    "pooling": "max",
+    "pooled_size": "paper",
+    "hidden_channels": 200 / 1024,
+    "reduce_kernel_size": 3,
+    "reduce_padding": False,
+    "ortho": "cayley",
+    "ortho_options": {"normalize": "spectrum", "scale": 1.0},
+    "freeze": True,
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +55,10 @@ class RobustBlockConfig:
     kernel_size: int = 3
     reduce_kernel_size: int = 1
     example_size: tuple[int, int] | None = None  # (H, W) it received on harden's example input
+    pooling: str = "avg"
+    reduce_padding: bool = True
+    ortho_options: dict[str, Any] | None = None
+    freeze: bool = False
 
     def build(self, layers: Sequence[type] = ()) -> "RobustBlock":
         """The block; ``layers`` are unregistered orthogonal layer classes ``ortho`` may name."""
@@ -46,6 +70,10 @@ class RobustBlockConfig:
             kernel_size=self.kernel_size,
             reduce_kernel_size=self.reduce_kernel_size,
             example_size=self.example_size,
+            pooling=self.pooling,
+            reduce_padding=self.reduce_padding,
+            ortho_options=self.ortho_options,
+            freeze=self.freeze,
         )
 
 
@@ -57,12 +85,21 @@ class RobustBlock(nn.Module):
         hidden_channels: channels after the reducing conv; default ``C // 2``.
             Must not exceed C: the orthogonal layer is norm-preserving only when it
             does not reduce channels.
-        pooled_size: side s of the square map: ``"min"`` (min(H, W)), ``"keep"``
+        pooled_size: side s of the square map: ``"min"`` (min(H, W)), ``"paper"``
+            (min(H, W) - ceil(0.02 min(H, W)), the paper code's square), ``"keep"``
             (no pooling; the orthogonal layers accept rectangles) or an int.
         ortho: ``"cayley"`` (default), ``"aol"``, ``"aoc"``, or a layer class.
         kernel_size: kernel of the orthogonal convolution.
         reduce_kernel_size: kernel of the channel-reducing convolution.
         example_size: (H, W) of a typical input, recorded for ``describe``.
+        pooling: ``"avg"`` (adaptive average pooling, the paper's description) or
+            ``"max"`` (a stride-1 sliding max window of (H - s + 1) x (W - s + 1), its code).
+        reduce_padding: pad the reducing conv to keep the map size (default); False
+            shrinks it by ``reduce_kernel_size - 1``, as the paper's code does.
+        ortho_options: keyword arguments of the orthogonal layer (``CayleyConv2d``:
+            ``normalize="spectrum"``, ``scale=1.0``).
+        freeze: the block's parameters do not train (the paper's code leaves the
+            block out of its optimiser, at its random initialisation).
     """
 
     def __init__(
@@ -75,6 +112,10 @@ class RobustBlock(nn.Module):
         reduce_kernel_size: int = 1,
         bias: bool = True,
         example_size: tuple[int, int] | None = None,
+        pooling: str = "avg",
+        reduce_padding: bool = True,
+        ortho_options: dict[str, Any] | None = None,
+        freeze: bool = False,
     ):
         super().__init__()
         hidden_channels = max(1, in_channels // 2) if hidden_channels is None else hidden_channels
@@ -83,10 +124,14 @@ class RobustBlock(nn.Module):
                 f"hidden_channels must be between 1 and in_channels={in_channels}, got {hidden_channels}: "
                 "the orthogonal layer restores C channels and preserves norms only when it does not reduce them"
             )
-        if not (pooled_size in ("min", "keep") or (isinstance(pooled_size, int) and pooled_size >= 1)):
-            raise ValueError(f"pooled_size must be 'min', 'keep' or a positive int, got {pooled_size!r}")
-        if reduce_kernel_size % 2 != 1:
-            raise ValueError(f"reduce_kernel_size must be odd to keep the map size, got {reduce_kernel_size}")
+        if not (pooled_size in ("min", "paper", "keep") or (isinstance(pooled_size, int) and pooled_size >= 1)):
+            raise ValueError(f"pooled_size must be 'min', 'paper', 'keep' or a positive int, got {pooled_size!r}")
+        if pooling not in ("avg", "max"):
+            raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+        if reduce_kernel_size < 1 or (reduce_padding and reduce_kernel_size % 2 != 1):
+            raise ValueError(
+                f"reduce_kernel_size must be odd to keep the map size (or pass reduce_padding=False), got {reduce_kernel_size}"
+            )
         ortho_cls = get_ortho(ortho)
         self.config = RobustBlockConfig(
             channels=in_channels,
@@ -96,28 +141,60 @@ class RobustBlock(nn.Module):
             kernel_size=kernel_size,
             reduce_kernel_size=reduce_kernel_size,
             example_size=example_size,
+            pooling=pooling,
+            reduce_padding=reduce_padding,
+            ortho_options=dict(ortho_options) if ortho_options else None,
+            freeze=freeze,
         )
         self.reduce = nn.Conv2d(
-            in_channels, hidden_channels, reduce_kernel_size, padding=reduce_kernel_size // 2, bias=bias
+            in_channels, hidden_channels, reduce_kernel_size,
+            padding=reduce_kernel_size // 2 if reduce_padding else 0, bias=bias,
         )
-        self.ortho = ortho_cls(hidden_channels, in_channels, kernel_size, bias=bias)
+        try:
+            self.ortho = ortho_cls(hidden_channels, in_channels, kernel_size, bias=bias, **(ortho_options or {}))
+        except TypeError as err:
+            raise ValueError(f"{ortho_cls.__name__} does not take ortho_options {ortho_options}: {err}") from err
+        if freeze:
+            self.requires_grad_(False)
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """Spatial size of the output for an input of ``height x width``."""
+    def pooled_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size after pooling, before the reducing conv."""
         size = self.config.pooled_size
         if size == "keep":
             return height, width
-        side = min(height, width) if size == "min" else size
+        if size == "min":
+            side = min(height, width)
+        elif size == "paper":
+            side = max(1, min(height, width) - math.ceil(0.02 * min(height, width)))
+        else:
+            side = size
         return side, side
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of the output for an input of ``height x width``."""
+        shrink = 0 if self.config.reduce_padding else self.config.reduce_kernel_size - 1
+        pooled = self.pooled_size(height, width)
+        return pooled[0] - shrink, pooled[1] - shrink
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.config.channels:
             raise ValueError(
                 f"RobustBlock expects a (batch, {self.config.channels}, H, W) feature map, got {tuple(x.shape)}"
             )
-        size = self.output_size(*x.shape[-2:])
-        if tuple(x.shape[-2:]) != size:
-            x = F.adaptive_avg_pool2d(x, size)
+        height, width = x.shape[-2:]
+        size = self.pooled_size(height, width)
+        if (height, width) != size:
+            if self.config.pooling == "avg":
+                x = F.adaptive_avg_pool2d(x, size)
+            elif size[0] <= height and size[1] <= width:
+                x = F.max_pool2d(x, (height - size[0] + 1, width - size[1] + 1), stride=1)
+            else:
+                raise ValueError(f"max pooling cannot enlarge a {height}x{width} map to {size[0]}x{size[1]}")
+        if min(self.output_size(height, width)) < 1:
+            raise ValueError(
+                f"a {height}x{width} map is too small for a {self.config.reduce_kernel_size}x"
+                f"{self.config.reduce_kernel_size} reducing conv without padding"
+            )
         return self.ortho(self.reduce(x))
 
     @torch.no_grad()
@@ -136,7 +213,10 @@ class RobustBlock(nn.Module):
         return linear.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
 
     def extra_repr(self) -> str:
-        return f"pooled_size={self.config.pooled_size!r}"
+        extra = f"pooled_size={self.config.pooled_size!r}"
+        if self.config.pooling != "avg":
+            extra += f", pooling={self.config.pooling!r}"
+        return extra + (", frozen" if self.config.freeze else "")
 
 
 class RobustSplice(nn.Module):

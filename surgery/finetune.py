@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 from tqdm.auto import tqdm
 
 from . import metrics
-from .attacks.base import per_image_scores, scoring_network
+from .attacks.base import check_images, per_image_scores, scoring_network
 from .defenses.base import Defense
 from .files import atomic_save
 from .io import save
@@ -56,6 +56,33 @@ def _dataset(data: DataSpec, name: str) -> Dataset:
             raise ValueError(f"{name}: {images.shape[0]} images but {targets.numel()} scores")
         return TensorDataset(images, targets.reshape(-1).float())
     raise TypeError(f"{name} must be a Dataset of (image, score) or a tuple (images, scores), got {type(data).__name__}")
+
+
+def _known_targets(dataset: Dataset) -> torch.Tensor | None:
+    """A dataset's scores when they can be read without loading its images."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].reshape(-1).float()
+    targets = getattr(dataset, "targets", None)
+    return torch.as_tensor(targets, dtype=torch.float32).reshape(-1) if targets is not None else None
+
+
+def _check_validation_set(dataset: Dataset) -> None:
+    """Fail before the first epoch on a validation set no SROCC can be computed on."""
+    if len(dataset) < 2:
+        raise ValueError(f"val has {len(dataset)} item(s): SROCC needs at least 2 images with different scores")
+    targets = _known_targets(dataset)
+    if targets is None:
+        return
+    if not torch.isfinite(targets).all():
+        raise ValueError("val has NaN or inf scores: fix or drop those labels")
+    if targets.min() == targets.max():
+        raise ValueError(f"every val score is {targets[0].item():g}: SROCC needs images with different scores")
+
+
+def _check_batch(images: torch.Tensor, targets: torch.Tensor, epoch: int) -> None:
+    check_images(images)
+    if not torch.isfinite(targets).all():
+        raise ValueError(f"a training batch of epoch {epoch} has NaN or inf scores: fix or drop those labels")
 
 
 def _scores(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -169,7 +196,10 @@ def finetune(
         train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
         num_workers=num_workers, drop_last=len(train_set) > batch_size,
     )
-    val_loader = None if val is None else DataLoader(_dataset(val, "val"), batch_size=batch_size, num_workers=num_workers)
+    val_set = None if val is None else _dataset(val, "val")
+    if val_set is not None:
+        _check_validation_set(val_set)
+    val_loader = None if val_set is None else DataLoader(val_set, batch_size=batch_size, num_workers=num_workers)
 
     params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -189,14 +219,21 @@ def finetune(
         last_path = os.path.join(os.fspath(checkpoint_dir), "last.pt")
         best_path = os.path.join(os.fspath(checkpoint_dir), "best.pt")
         if resume and os.path.isfile(last_path):
-            state = torch.load(last_path, map_location=device, weights_only=True)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"].cpu())
-            generator.set_state(state["loader_rng"].cpu())
-            start_epoch = state["epoch"] + 1
-            result = FinetuneResult(state["history"], state["best_epoch"], state["best_srocc"], state["best_path"])
+            try:
+                state = torch.load(last_path, map_location=device, weights_only=True)
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                torch.set_rng_state(state["rng"].cpu())
+                generator.set_state(state["loader_rng"].cpu())
+                start_epoch = state["epoch"] + 1
+                result = FinetuneResult(state["history"], state["best_epoch"], state["best_srocc"], state["best_path"])
+            except Exception as err:
+                raise ValueError(
+                    f"cannot resume from checkpoint {last_path!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
+                    "it is corrupt or from "
+                    "another model or run; delete it or pass resume=False to start afresh"
+                ) from err
 
     score = lambda images: _scores(network, images)  # noqa: E731
     best_state = None  # best weights in memory when there is no checkpoint folder
@@ -212,6 +249,7 @@ def finetune(
             if use_channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = targets.to(device).reshape(-1).float()
+            _check_batch(images, targets, epoch + 1)
             optimizer.zero_grad(set_to_none=True)
             with autocast():
                 value = defense.loss(score, images, targets, task_loss) if defense else task_loss(score(images), targets)

@@ -9,7 +9,7 @@ can rebuild it without pickled code.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -65,10 +65,14 @@ def harden(
     position: Position = "auto",
     ortho: str | type = "cayley",
     *,
-    hidden_channels: int | None = None,
+    hidden_channels: int | float | None = None,
     kernel_size: int = 3,
     reduce_kernel_size: int = 1,
     pooled_size: PooledSize = "min",
+    pooling: str = "avg",
+    reduce_padding: bool = True,
+    ortho_options: dict[str, Any] | None = None,
+    freeze: bool = False,
     prune: str | None = None,
     amount: float = 0.10,
     calib: torch.Tensor | None = None,
@@ -87,12 +91,20 @@ def harden(
             ``"layer4"``, or a list of those. ``surgery.locate(model)`` lists them.
         ortho: orthogonal convolution: ``"cayley"`` (default), ``"aol"``, ``"aoc"``
             or a layer class with the ``nn.Conv2d`` constructor signature.
-        hidden_channels: channels between the reducing and the orthogonal conv;
-            default half the block's input channels.
+        hidden_channels: channels between the reducing and the orthogonal conv: an
+            int, or a float in (0, 1] as a fraction of the block's input channels;
+            default half of them.
         kernel_size: kernel of the orthogonal convolution.
         reduce_kernel_size: kernel of the channel-reducing convolution.
         pooled_size: ``"min"`` (square of side min(H, W), the paper's choice),
-            ``"keep"`` (no pooling) or an int.
+            ``"paper"`` (the paper code's slightly smaller square), ``"keep"`` (no
+            pooling) or an int.
+        pooling, reduce_padding, ortho_options, freeze: how the block pools
+            (``"avg"`` or a sliding ``"max"``), whether the reducing conv keeps the map
+            size, options of the orthogonal layer, and whether the block stays at its
+            random initialisation; see :class:`~surgery.RobustBlock`.
+            ``harden(model, **surgery.PAPER_CODE_BLOCK)`` builds the block as the
+            paper's public code does (SPEC §6).
         prune: ``"l2"`` or ``"pls"`` to remove about ``amount`` of the weights after
             splicing (step 2 of the method; see :func:`surgery.prune`); PLS needs
             ``calib`` images (about 200) and optionally their MOS ``calib_targets``.
@@ -111,8 +123,15 @@ def harden(
     model_map: ModelMap = locate(target, input_size=input_size, example_input=example_input)
     config = HardenConfig()
     for name in model_map.resolve(position):
+        if tuple(model_map.in_shape(name)) == tuple(model_map.calls[""].in_shape[1:]):
+            raise ValueError(
+                f"a RobustBlock before {name!r} would sit on the raw input image {tuple(model_map.in_shape(name))}: "
+                f"{type(model).__name__} has no convolutional block after its input there. Vision transformers (whose "
+                "only convolution is the patch embedding) are not supported; for a CNN choose a later position "
+                "(surgery.locate(model) lists them)"
+            )
         channels = model_map.in_shape(name)[0]
-        hidden = max(1, channels // 2) if hidden_channels is None else hidden_channels
+        hidden = _hidden_width(hidden_channels, channels)
         if not 1 <= hidden <= channels:
             raise ValueError(
                 f"hidden_channels={hidden} does not fit the block before {name!r}, which has {channels} channels: "
@@ -126,6 +145,10 @@ def harden(
             kernel_size=kernel_size,
             reduce_kernel_size=reduce_kernel_size,
             example_size=tuple(model_map.in_shape(name)[1:]),
+            pooling=pooling,
+            reduce_padding=reduce_padding,
+            ortho_options=dict(ortho_options) if ortho_options else None,
+            freeze=freeze,
         )
     apply_config(target, config, layers=[ortho_cls])
     example = _example_like(target, model_map)
@@ -133,6 +156,16 @@ def harden(
     if prune is not None:
         prune_model(target, prune, amount, calib=calib, calib_targets=calib_targets, example_input=example)
     return target
+
+
+def _hidden_width(hidden_channels: int | float | None, channels: int) -> int:
+    if hidden_channels is None:
+        return max(1, channels // 2)
+    if isinstance(hidden_channels, float):
+        if not 0 < hidden_channels <= 1:
+            raise ValueError(f"hidden_channels as a fraction must be in (0, 1], got {hidden_channels}")
+        return max(1, round(hidden_channels * channels))
+    return hidden_channels
 
 
 def _example_like(model: nn.Module, model_map: ModelMap) -> torch.Tensor:
@@ -181,9 +214,12 @@ def describe(model: nn.Module, measure: bool = True) -> str:
         lines.append(f"  {report}")
     for name, block in blocks.items():
         cfg = block.config
+        options = f" {cfg.ortho_options}" if cfg.ortho_options else ""
         lines.append(
-            f"  before {name}: pool -> {cfg.pooled_size}, conv {cfg.channels}->{cfg.hidden_channels} "
-            f"(k={cfg.reduce_kernel_size}), {cfg.ortho} {cfg.hidden_channels}->{cfg.channels} (k={cfg.kernel_size})"
+            f"  before {name}: {cfg.pooling} pool -> {cfg.pooled_size}, conv {cfg.channels}->{cfg.hidden_channels} "
+            f"(k={cfg.reduce_kernel_size}{'' if cfg.reduce_padding else ', no padding'}), "
+            f"{cfg.ortho} {cfg.hidden_channels}->{cfg.channels} (k={cfg.kernel_size}){options}"
+            + (", frozen" if cfg.freeze else "")
         )
         if measure:
             height, width = block.output_size(*(cfg.example_size or (16, 16)))

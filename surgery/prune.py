@@ -61,7 +61,9 @@ def pls_importances(
         with eval_mode(model):
             for start in range(0, calib.shape[0], batch_size):
                 batch = calib[start : start + batch_size].to(device)
-                outputs.append(per_image_scores(model(batch), batch.shape[0]).float().cpu())
+                output = model(batch)
+                if target is None:  # regress on the model's own scores
+                    outputs.append(per_image_scores(output, batch.shape[0]).float().cpu())
     finally:
         for handle in handles:
             handle.remove()

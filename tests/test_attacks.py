@@ -122,3 +122,22 @@ def test_broken_model_is_reported():
 
     with pytest.raises(ValueError, match="NaN"):
         scores(Broken(), torch.rand(2, 3, 8, 8))
+
+
+class TwoOutputs(TinyIQA):
+    def forward(self, x):
+        score = super().forward(x)
+        return torch.stack([score, -score], dim=1)
+
+
+class DictOutput(TinyIQA):
+    def forward(self, x):
+        return {"score": super().forward(x)}
+
+
+@pytest.mark.parametrize("model,error,match", [(TwoOutputs(), ValueError, r"shape \(2, 2\).*one score per image"), (DictOutput(), TypeError, "dict with keys")])
+def test_models_without_one_score_per_image_are_refused(model, error, match):
+    with pytest.raises(error, match=match):
+        scores(model, torch.rand(2, 3, 8, 8))
+    with pytest.raises(error, match=match):
+        PGD()(model, torch.rand(2, 3, 8, 8))

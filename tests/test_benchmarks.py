@@ -27,3 +27,20 @@ def test_paper_tables_writes_every_report(tmp_path):
     assert "## Goals" in comparison and "## Gradient-masking checks" in comparison
     assert "spearman(lemma ratio, pgd-1 auc)" in (out / "positions.md").read_text()
     assert (out / "tradeoff.png").stat().st_size > 0 and (out / "results.csv").stat().st_size > 0
+
+
+@pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
+def test_paper_replay_measures_every_model_with_every_attack(tmp_path):
+    command = [
+        sys.executable, os.path.join(ROOT, "benchmarks", "paper_replay.py"), "--references", "20", "--size", "192", "256",
+        "--eval-references", "1", "--attack-images", "2", "--strong-steps", "3", "--tune-steps", "1", "--epochs", "1",
+        "--val-images", "4", "--labels", str(tmp_path / "labels.pt"), "--cache", str(tmp_path / "cache"),
+        "--out", str(tmp_path / "out"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "out" / "replay.md").read_text()
+    for row in ("| original |", "| control |", "| described |", "| paper-code |"):
+        assert row in report
+    for column in ("paper-pgd-1 abs_gain_auc", "pgd-8 x original", "apgd-3 abs_gain_auc"):
+        assert column in report

@@ -1,9 +1,13 @@
 """RobustBlock: shapes, configuration errors, measured norm preservation, splice wrapper."""
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from surgery.blocks import RobustBlock, RobustSplice
+from surgery.blocks import PAPER_CODE_BLOCK, RobustBlock, RobustSplice
+from surgery.ortho import CayleyConv2d
 
 
 @pytest.mark.parametrize(
@@ -62,3 +66,37 @@ def test_splice_passes_extra_arguments():
     splice = RobustSplice(RobustBlock(4), TakesScale())
     x = torch.randn(1, 4, 6, 6)
     torch.testing.assert_close(splice(x, 2.0, shift=1.0), splice.robust(x) * 2.0 + 1.0)
+
+
+@pytest.mark.parametrize("height,width", [(12, 16), (16, 12), (20, 20)])
+def test_paper_code_block_shapes_and_sliding_max_pool(height, width):
+    options = {**PAPER_CODE_BLOCK, "hidden_channels": 6}
+    block = RobustBlock(32, **options)
+    x = torch.randn(2, 32, height, width)
+    side = min(height, width) - math.ceil(0.02 * min(height, width))  # the code's square: h - up + 1
+    assert block.pooled_size(height, width) == (side, side)
+    assert block(x).shape == (2, 32, side - 2, side - 2)  # 3x3 reducing conv without padding
+    pooled = F.max_pool2d(x, (height - side + 1, width - side + 1), stride=1)
+    torch.testing.assert_close(block(x), block.ortho(block.reduce(pooled)))
+    assert all(not p.requires_grad for p in block.parameters())  # left at its random initialisation
+
+
+def test_paper_code_cayley_is_normalised_by_its_spectrum_with_scale_one():
+    layer = CayleyConv2d(6, 16, 3, normalize="spectrum", scale=1.0)
+    assert "alpha" not in dict(layer.named_parameters()) and layer.alpha.item() == 1.0
+    kernel = layer._scaled_kernel(9, 9)
+    assert torch.fft.rfft2(kernel, s=(9, 9)).norm().item() == pytest.approx(1.0, rel=1e-5)
+    x = torch.randn(3, 6, 9, 9)
+    ratio = (layer(x) - layer.bias.view(1, -1, 1, 1)).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+    torch.testing.assert_close(ratio, torch.ones(3), atol=1e-5, rtol=0)  # still norm-preserving
+    layer.requires_grad_(True)
+    assert not layer.alpha.requires_grad  # a fixed scale cannot be made to learn
+
+
+def test_paper_code_block_options_are_checked():
+    with pytest.raises(ValueError, match="pooling"):
+        RobustBlock(8, pooling="median")
+    with pytest.raises(ValueError, match="ortho_options"):
+        RobustBlock(8, ortho="aol", ortho_options={"scale": 1.0})
+    with pytest.raises(ValueError, match="too small"):
+        RobustBlock(8, reduce_kernel_size=3, reduce_padding=False, pooled_size="keep")(torch.randn(1, 8, 2, 2))

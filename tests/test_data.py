@@ -24,6 +24,33 @@ def test_load_image_range_shape_and_resize(folder):
     assert load_image(folder / "gray.jpg", size=(8, 8)).shape == (3, 8, 8)
 
 
+def test_16_bit_png_keeps_its_full_range(tmp_path):
+    gradient = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
+    Image.fromarray(gradient).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as check:
+        assert check.mode.startswith("I")  # really stored with 16 bits
+    image = load_image(tmp_path / "deep.png")
+    assert image.mean().item() == pytest.approx(0.5, abs=1e-3)
+    assert image[0, 0, 0] == 0 and image[0, 0, -1] == 1
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    array = np.zeros((10, 20, 3), dtype=np.uint8)
+    array[:, :10] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: rotate 90 degrees clockwise to view
+    Image.fromarray(array).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    image = load_image(tmp_path / "turned.jpg")
+    assert image.shape == (3, 20, 10)  # upright: portrait
+    assert image[:, :10].mean() > 0.9 and image[:, 10:].mean() < 0.1  # the white half is on top
+
+
+def test_csv_with_a_byte_order_mark(folder):
+    (folder / "bom.csv").write_text("name,mos\nimg0.png,1.5\n", encoding="utf-8-sig")
+    dataset = ImageFolder(folder, folder / "bom.csv", image_column="name", score_column="mos", size=(8, 8))
+    assert dataset.names == ["img0.png"] and dataset.targets == [1.5]
+
+
 def test_folder_lists_images_only(folder):
     dataset = ImageFolder(folder, size=(8, 8))
     assert dataset.names == ["gray.jpg", "img0.png", "img1.png", "img2.png"]

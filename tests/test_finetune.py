@@ -38,10 +38,11 @@ def test_frozen_batchnorm_keeps_its_statistics_and_mode_is_restored(mode):
     train, val = toy_split()
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-        torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(0),
+        torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1),
+        torch.nn.Linear(4, 1),
     ).train(mode == "train")
     frozen_stats = model[1].running_mean.clone()
-    trained = list(model[3].parameters()) + list(model[4].parameters())
+    trained = list(model[3].parameters()) + list(model[4].parameters()) + list(model[7].parameters())
     finetune(model, train, val, epochs=1, lr=1e-2, loss="mse", parameters=trained, progress=False)
     assert torch.equal(model[1].running_mean, frozen_stats)  # its layer was not trained
     assert not torch.equal(model[4].running_mean, torch.zeros(4))  # the trained one adapted
@@ -120,6 +121,29 @@ def test_a_failed_run_gives_the_model_back():
     with pytest.raises(FloatingPointError):
         finetune(model, train, epochs=1, lr=1e30, loss=lambda p, t: (p - t).square().mean() * float("inf"), progress=False)
     assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize(
+    "train,val,match",
+    [
+        ((torch.rand(8, 3, 8, 8) * 255, torch.rand(8)), None, r"in \[0, 1\]"),
+        ((torch.rand(8, 3, 8, 8), torch.tensor([1.0, float("nan")] * 4)), None, "NaN or inf scores"),
+        ((torch.rand(8, 3, 8, 8), torch.rand(8)), (torch.rand(4, 3, 8, 8), torch.ones(4)), "every val score is 1"),
+        ((torch.rand(8, 3, 8, 8), torch.rand(8)), (torch.rand(1, 3, 8, 8), torch.rand(1)), "at least 2"),
+    ],
+)
+def test_bad_data_is_named_before_training(train, val, match):
+    model = TinyIQA()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        finetune(model, train, val, epochs=1, batch_size=4, progress=False)
+    assert_unchanged(model, before)
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="last.pt.*resume=False"):
+        finetune(TinyIQA(), toy_split()[0], checkpoint_dir=tmp_path, progress=False)
 
 
 def test_bad_inputs():

@@ -169,6 +169,12 @@ def test_harden_errors(kwargs, error, match):
         harden(torchvision.models.resnet18(), input_size=(3, 64, 64), **kwargs)
 
 
+def test_vision_transformer_is_refused():
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8)
+    with pytest.raises(ValueError, match="raw input image.*Vision transformers"):
+        harden(vit, input_size=(3, 32, 32))
+
+
 def test_splicing_twice_at_the_same_place_is_refused():
     hardened = harden(torchvision.models.resnet18(), input_size=(3, 64, 64))
     with pytest.raises(ValueError, match="already has a RobustBlock"):

@@ -178,3 +178,25 @@ def test_unregistered_layer_loads_when_the_caller_passes_it(tmp_path):
     loaded = load(tmp_path / "m.pt", model=torchvision.models.resnet18(), layers=[PlainConv]).eval()
     x = torch.rand(1, 3, 32, 32)
     assert torch.equal(outputs(loaded, x), outputs(hardened, x))
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_save({"a": torch.ones(1)}, tmp_path / "shared.pt")
+        assert (tmp_path / "shared.pt").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_paper_code_block_round_trips_frozen(tmp_path):
+    model = surgery.create_model("default")
+    hardened = harden(model, input_size=(3, 192, 256), **surgery.PAPER_CODE_BLOCK).eval()
+    block = surgery.robust_blocks(hardened)["backbone.blocks.6"]
+    assert block.config.hidden_channels == round(192 * 200 / 1024) and block.config.freeze
+    assert "max pool -> paper" in surgery.describe(hardened, measure=False)
+    save(hardened, tmp_path / "paper.pt")
+    loaded = load(tmp_path / "paper.pt").eval()
+    x = torch.rand(2, 3, 192, 256)
+    assert torch.equal(outputs(loaded, x), outputs(hardened, x))
+    assert not any(p.requires_grad for p in surgery.robust_blocks(loaded)["backbone.blocks.6"].parameters())

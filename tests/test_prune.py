@@ -16,7 +16,8 @@ def test_prune_hardened_resnet(method, tmp_path):
     model = surgery.harden(torchvision.models.resnet18(), input_size=(3, 64, 64)).eval()
     block = surgery.robust_blocks(model)["layer4"]
     ortho_weight = block.ortho.weight.clone()
-    report = prune(model, method, 0.10, calib=torch.rand(24, 3, 64, 64), input_size=(3, 64, 64))
+    calib, mos = torch.rand(24, 3, 64, 64), torch.rand(24)  # an ImageNet classifier has no score of its own: MOS given
+    report = prune(model, method, 0.10, calib=calib, calib_targets=mos, input_size=(3, 64, 64))
     assert 0.05 < report.removed < 0.15
     assert report.params_after == sum(p.numel() for p in model.parameters())
     assert torch.equal(block.ortho.weight, ortho_weight) and block.config.channels == 256

@@ -28,10 +28,21 @@ def is_pyiqa_metric(model: nn.Module) -> bool:
 
 
 def per_image_scores(output, batch: int) -> torch.Tensor:
-    """One score per image from a model's output: (B,), (B, 1), or a tuple whose first item is the score."""
-    if isinstance(output, (tuple, list)):
+    """One score per image from a model's output: (B,), (B, 1), or a tuple whose first item is that."""
+    if isinstance(output, (tuple, list)) and output:
         output = output[0]
-    return output.reshape(batch, -1)[:, 0]
+    if not torch.is_tensor(output):
+        kind = f"a dict with keys {sorted(output)[:5]}" if isinstance(output, dict) else type(output).__name__
+        raise TypeError(
+            f"the model returns {kind}, not a tensor of scores: wrap it in a module whose forward returns "
+            "one score per image, shape (B,) or (B, 1)"
+        )
+    if output.numel() != batch:
+        raise ValueError(
+            f"the model returns shape {tuple(output.shape)} for {batch} image(s), not one score per image: wrap it "
+            "in a module that returns the quality score alone, shape (B,) or (B, 1) (e.g. select its score column)"
+        )
+    return output.reshape(batch)
 
 
 def scoring_network(model: nn.Module) -> nn.Module:

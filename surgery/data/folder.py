@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 __all__ = ["load_image", "ImageFolder", "IMAGE_EXTENSIONS"]
@@ -22,14 +22,25 @@ __all__ = ["load_image", "ImageFolder", "IMAGE_EXTENSIONS"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1]. 16-bit greyscale keeps its full range (PIL's conversion
+    to RGB would clip it at 255); EXIF orientation is applied by the caller."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if image.mode.startswith("I;16") or grey.max() > 255 else 255.0
+        return np.repeat((grey / peak)[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
 def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """(3, H, W) float tensor in [0, 1]; resized (antialiased bilinear) when ``size`` is given."""
+    """(3, H, W) float tensor in [0, 1], upright by its EXIF orientation, 16-bit images at
+    full range; resized (antialiased bilinear) when ``size`` is given."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image {path!r} does not exist")
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            array = _rgb_array(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"image {path!r} is corrupt or not an image: {err}") from err
     tensor = torch.from_numpy(array).permute(2, 0, 1)
@@ -82,7 +93,7 @@ class ImageFolder(Dataset):
             return names, None
         if not os.path.isfile(csv_path):
             raise FileNotFoundError(f"score table {os.fspath(csv_path)!r} does not exist")
-        with open(csv_path, newline="") as f:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first column name
             reader = csv.DictReader(f)
             missing = [c for c in (image_column, score_column) if c and c not in (reader.fieldnames or [])]
             if missing:

@@ -28,7 +28,7 @@ def koniq_split(csv_path: str | os.PathLike, split: str = "train", mode: str = "
     ``"paper"`` a seeded random 70/10/20 split; ``split="all"`` returns every image."""
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"KonIQ-10k score table {os.fspath(csv_path)!r} does not exist")
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first column name
         rows = list(csv.DictReader(f))
     missing = {"image_name", "MOS", "set"} - set(rows[0] if rows else {})
     if missing:

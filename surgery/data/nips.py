@@ -27,7 +27,7 @@ class NIPS2017(Dataset):
         table = os.path.join(root, "images.csv")
         if not os.path.isfile(table):
             raise FileNotFoundError(f"NIPS 2017 table {table!r} does not exist (expected root/images.csv and root/images/)")
-        with open(table, newline="") as f:
+        with open(table, newline="", encoding="utf-8-sig") as f:
             rows = {r["ImageId"]: r for r in csv.DictReader(f) if r.get("ImageId")}
         present = {os.path.splitext(n)[0] for n in os.listdir(os.path.join(root, "images"))}
         wanted = sorted(present & rows.keys()) if ids is None else list(ids)

@@ -56,13 +56,26 @@ class CayleyConv2d(OrthoConv2d):
         bias: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        normalize: str = "kernel",
+        scale: float | None = None,
     ):
         super().__init__(in_channels, out_channels, kernel_size, bias)
+        if normalize not in ("kernel", "spectrum"):
+            raise ValueError(f"normalize must be 'kernel' or 'spectrum', got {normalize!r}")
+        if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite number > 0 or None (learnable), got {scale!r}")
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        # Learnable scale as in the reference: the kernel enters as alpha * W / ||W||.
-        self.alpha = nn.Parameter(torch.empty((), **factory))
+        # The kernel enters as alpha * W / ||W|| (learnable alpha, as in the reference), or with
+        # normalize="spectrum" as alpha * W / ||rfft2(W)|| over the map's half spectrum, the
+        # paper code's form; a given scale fixes alpha (the paper code's block: 1, frozen).
+        self.normalize = normalize
+        self.fixed_scale = scale
+        if scale is None:
+            self.alpha = nn.Parameter(torch.empty((), **factory))
+        else:  # a buffer: no optimiser or requires_grad_() can make it learn
+            self.register_buffer("alpha", torch.empty((), **factory))
         self._phase_cache: dict[tuple, torch.Tensor] = {}
         self._q_cache: tuple[tuple, tuple[torch.Tensor, ...], torch.Tensor] | None = None
         self.reset_parameters()
@@ -73,7 +86,7 @@ class CayleyConv2d(OrthoConv2d):
             bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size**2)
             nn.init.uniform_(self.bias, -bound, bound)
         with torch.no_grad():
-            self.alpha.copy_(self.weight.norm())
+            self.alpha.copy_(self.weight.norm() if self.fixed_scale is None else torch.tensor(self.fixed_scale))
 
     # ------------------------------------------------------------------ caching
     def clear_cache(self) -> None:
@@ -119,10 +132,24 @@ class CayleyConv2d(OrthoConv2d):
         k = self.kernel_size
         return (offsets[..., 0] + k - 1) * (2 * k - 1) + offsets[..., 1] + k - 1
 
-    def _scaled_kernel(self) -> torch.Tensor:
-        """alpha * W / ||W||, transposed to (in, out, k, k) when out < in so that rows >= cols."""
-        kernel = self.weight.float() * (self.alpha.float() / self.weight.float().norm())
+    def _scaled_kernel(self, height: int, width: int) -> torch.Tensor:
+        """alpha * W / ||W|| (or / ||rfft2(W)|| on the height x width grid), transposed to
+        (in, out, k, k) when out < in so that rows >= cols."""
+        weight = self.weight.float()
+        if self.normalize == "kernel":
+            norm = weight.norm()
+        else:  # the kernel's own half spectrum on this grid: sum over frequencies of ||W_f||^2
+            norm = torch.fft.rfft2(weight, s=(height, width)).norm()
+        kernel = weight * (self.alpha.float() / norm)
         return kernel.transpose(0, 1) if self._transposed else kernel
+
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        if self.normalize != "kernel":
+            extra += f", normalize={self.normalize!r}"
+        if self.fixed_scale is not None:
+            extra += f", scale={self.fixed_scale}"
+        return extra
 
     @property
     def _transposed(self) -> bool:
@@ -168,7 +195,7 @@ class CayleyConv2d(OrthoConv2d):
     def orthogonal_matrices(self, height: int, width: int | None = None) -> torch.Tensor:
         """The (semi-)orthogonal matrix of every rfft2 frequency: (H * (W//2+1), out, in) complex."""
         width = height if width is None else width
-        kernel = self._scaled_kernel()
+        kernel = self._scaled_kernel(height, width)
         phase = self._phases(height, width, kernel.device)
         cols = kernel.shape[1]
         eye = torch.eye(cols, dtype=phase.dtype, device=phase.device)
@@ -195,7 +222,7 @@ class CayleyConv2d(OrthoConv2d):
     def _forward_solve(self, x: torch.Tensor) -> torch.Tensor:
         """Q x without forming Q: the V products are spatial convolutions, the solve is per frequency."""
         height, width = x.shape[-2:]
-        kernel = self._scaled_kernel()
+        kernel = self._scaled_kernel(height, width)
         rows, cols = kernel.shape[:2]
         phase, system = self._phases(height, width, x.device), self._system(kernel)
         v = kernel[cols:]
