@@ -34,7 +34,9 @@ def preserved_modes(model: nn.Module) -> Iterator[nn.Module]:
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """The whole model in eval mode inside; each submodule's own mode restored on exit."""
     with preserved_modes(model):
-        model.eval()
+        for module in model.modules():
+            if module.training:  # modules already in eval mode are not called again
+                module.train(False)
         yield model
 
 

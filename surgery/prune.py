@@ -25,7 +25,7 @@ from torch_pruning.pruner import function
 
 from .attacks.base import per_image_scores, scoring_network
 from .blocks import RobustSplice
-from .config import PruneReport, layer_shape, record_pruning
+from .config import PruneReport, layer_shape, record_pruning, resize_layers
 from .modes import eval_mode
 
 __all__ = ["prune", "PruneReport", "PLSImportance", "vip_scores", "pls_importances"]
@@ -145,6 +145,7 @@ def prune(
     last_layer = [m for m in network.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
     ratio = 1 - (1 - amount) ** 0.5
     widths = {module: layer_shape(module) for module in model.modules()}
+    original = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     for splice, stand_in in zip(splices, stand_ins):
         splice.robust = stand_in
     try:
@@ -165,16 +166,23 @@ def prune(
     finally:
         for splice, block in zip(splices, blocks):
             splice.robust = block
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(example_input)
-    except Exception as err:
-        raise RuntimeError(f"the pruned model no longer runs ({type(err).__name__}: {err}); pass the layer in ignored=") from err
     resized = {
         name: layer_shape(module)
         for name, module in model.named_modules()
         if module in widths and layer_shape(module) != widths[module]
     }
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(example_input)
+    except Exception as err:
+        # give the model back as it came: the original widths, then the original weights
+        resize_layers(model, {name: widths[model.get_submodule(name)] for name in resized})
+        model.load_state_dict(original)
+        raise RuntimeError(
+            f"pruning {type(model).__name__} with torch-pruning breaks it ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}); the model is unchanged. Keep the layers involved whole with "
+            "ignored=[...], or harden without pruning"
+        ) from err
     report = PruneReport(method, amount, ratio, before, _count(model), resized)
     record_pruning(model, report)
     return report

@@ -9,14 +9,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NIPS = os.path.join(ROOT, "..", "shared", "data", "nips2017")
 
 
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory):
+    """One pseudo-MOS cache for both scripts (the same 20 references)."""
+    return str(tmp_path_factory.mktemp("labels") / "labels.pt")
+
+
 @pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
-def test_paper_tables_writes_every_report(tmp_path):
+def test_paper_tables_writes_every_report(tmp_path, labels):
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "paper_tables.py"), "--references", "20",
         "--eval-references", "1", "--attack-images", "2", "--tune-steps", "1", "--epochs", "1", "--val-images", "4",
         "--variants", "control", "cayley+pls", "nt", "at", "silu", "--seeded", "control", "--seeds", "0", "1",
         "--parts", "table", "positions",
-        "--labels", str(tmp_path / "labels.pt"), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+        "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -30,11 +36,11 @@ def test_paper_tables_writes_every_report(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
-def test_paper_replay_measures_every_model_with_every_attack(tmp_path):
+def test_paper_replay_measures_every_model_with_every_attack(tmp_path, labels):
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "paper_replay.py"), "--references", "20", "--size", "192", "256",
         "--eval-references", "1", "--attack-images", "2", "--strong-steps", "3", "--tune-steps", "1", "--epochs", "1",
-        "--val-images", "4", "--labels", str(tmp_path / "labels.pt"), "--cache", str(tmp_path / "cache"),
+        "--val-images", "4", "--labels", labels, "--cache", str(tmp_path / "cache"),
         "--out", str(tmp_path / "out"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from surgery.cli import main
 
 
@@ -54,3 +56,57 @@ def test_demo_halves_are_disjoint_photo_parts():
     left, right = _halves((32, 32))
     assert left.shape == right.shape == (6, 3, 32, 32)
     assert not torch.allclose(left, right)
+
+
+BAD_INVOCATIONS = [  # (arguments, exit code, what the one line must say)
+    (["harden", "nosuch", "--out", "x.pt"], 2, "unknown model 'nosuch'"),
+    (["harden", "timm-iqa", "--model-arg", "backbone", "--out", "x.pt"], 2, "KEY=VALUE"),
+    (["harden", "timm-iqa", "--model-arg", "colour=red", "--out", "x.pt"], 2, "does not take --model-arg"),
+    (["harden", "timm-iqa", "--ortho", "householder", "--out", "x.pt"], 2, "invalid choice"),
+    (["harden", "timm-iqa", "--model-arg", "backbone=resnet18", "--input-size", "3", "64", "64", "--position", "layer9",
+      "--out", "x.pt"], 1, "layer9"),
+    (["describe", "missing.pt"], 1, "no saved model"),
+    (["describe", "not-a-model.pt"], 1, "not a readable weights-only surgery file"),
+    (["eval", "default", "--images", "photos"], 1, "image folder 'photos' does not exist"),
+    (["eval", "default", "--images", ".", "--limit", "0"], 2, "--limit: expected a whole number >= 1"),
+    (["eval", "default", "--images", ".", "--limit", "-1"], 2, "--limit: expected a whole number >= 1"),
+    (["eval", "default", "--images", ".", "--attacks", "cw"], 2, "unknown attack 'cw'"),
+    (["eval", "default", "--images", ".", "--size", "0", "8"], 2, "--size"),
+    (["eval", "default", "--images", ".", "--csv", "scores.csv"], 1, "score table 'scores.csv' does not exist"),
+]
+
+
+@pytest.mark.parametrize("arguments,code,says", BAD_INVOCATIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_user_mistakes_get_one_line_and_an_exit_code(arguments, code, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SURGERY_DEBUG", raising=False)
+    (tmp_path / "not-a-model.pt").write_text("text")
+    try:
+        returned = main(arguments)
+    except SystemExit as exit_:  # argparse's own usage errors
+        returned = exit_.code
+    err = capsys.readouterr().err
+    assert returned == code
+    assert "Traceback" not in err
+    assert says in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "describe", "missing.pt"])
+    with pytest.raises(FileNotFoundError):
+        main(["describe", "missing.pt", "--debug"])
+    monkeypatch.setenv("SURGERY_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["describe", "missing.pt"])
+
+
+def test_harden_prunes_and_builds_the_paper_code_block(tmp_path, capsys):
+    out = tmp_path / "paper.pt"
+    code = main(["harden", "default", "--input-size", "3", "192", "256", "--paper-code-block", "--prune", "l2", "--out", str(out)])
+    assert code == 0
+    shown = capsys.readouterr().out
+    assert "max pool -> paper" in shown and "l2 pruning" in shown and "frozen" in shown

@@ -74,3 +74,14 @@ def test_prune_errors(kwargs, match):
 def test_dbcnn_bilinear_features_are_refused_before_memory_runs_out():
     with pytest.raises(ValueError, match="65,536 flattened features.*prune=None"):
         surgery.harden(surgery.create_model("dbcnn"), prune="l2", input_size=(3, 64, 64))
+
+
+@requires_pyiqa
+def test_a_model_pruning_would_break_is_given_back_unchanged():
+    from tests.models import assert_unchanged, snapshot
+
+    metric = surgery.create_model("tres", test_sample=1)
+    before = snapshot(metric)
+    with pytest.raises(RuntimeError, match="breaks it.*the model is unchanged"):
+        prune(metric, "l2", 0.1, input_size=(3, 64, 64))
+    assert_unchanged(metric, before)  # same shapes and values: torch.equal fails on a narrowed tensor

@@ -94,7 +94,8 @@ class CayleyConv2d(OrthoConv2d):
         self._q_cache = None
 
     def train(self, mode: bool = True) -> "CayleyConv2d":
-        self.clear_cache()
+        if mode:  # training changes the weights and never reads the cache: free it
+            self.clear_cache()
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):
