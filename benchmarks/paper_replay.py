@@ -35,7 +35,7 @@ import surgery
 from surgery.files import atomic_write_text
 from surgery.zoo.default import DEFAULT_WEIGHTS
 
-from paper_tables import SHARED, attack_table, fine_tune, load_data, markdown
+from paper_tables import add_data_arguments, attack_table, fine_tune, load_data, markdown, parse_with_data
 
 VARIANTS = ("original", "control", "described", "paper-code")
 
@@ -58,25 +58,14 @@ def build(variant: str, base: torch.nn.Module, size: tuple[int, int]) -> torch.n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=SHARED)
-    parser.add_argument("--labels", default=".cache/default/labels-dss.pt", help="pseudo-MOS cache (shared with train_default.py)")
-    parser.add_argument("--references", type=int, default=600)
+    add_data_arguments(parser, eval_references=30, attack_images=16)
     parser.add_argument("--size", type=int, nargs=2, default=(384, 512), metavar=("H", "W"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--eval-references", type=int, default=30)
-    parser.add_argument("--attack-images", type=int, default=16)
     parser.add_argument("--strong-steps", type=int, default=50, help="APGD iterations")
-    parser.add_argument("--tune-steps", type=int, default=316)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--val-images", type=int, default=252)
-    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=".cache/replay")
     parser.add_argument("--out", default="outputs/replay")
-    args = parser.parse_args()
-    if not os.path.isdir(args.data):
-        raise SystemExit(f"NIPS 2017 images not found at {args.data}: pass --data")
+    args = parse_with_data(parser)
     started = time.time()
     size = tuple(args.size)
     data = resized(load_data(args), size)

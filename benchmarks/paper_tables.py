@@ -88,6 +88,28 @@ def load_data(args) -> dict:
     }
 
 
+def add_data_arguments(parser: argparse.ArgumentParser, eval_references: int, attack_images: int) -> None:
+    """The data and fine-tune options this script shares with paper_replay.py."""
+    parser.add_argument("--data", default=SHARED)
+    parser.add_argument("--labels", default=".cache/default/labels-dss.pt", help="pseudo-MOS cache (shared with train_default.py)")
+    parser.add_argument("--references", type=int, default=600,
+                        help="NIPS images used; fewer only for a quick check (the split then differs from the default model's)")
+    parser.add_argument("--eval-references", type=int, default=eval_references, help="held-out references for SROCC/PLCC (21 images each)")
+    parser.add_argument("--attack-images", type=int, default=attack_images)
+    parser.add_argument("--tune-steps", type=int, default=316)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--val-images", type=int, default=252)
+    parser.add_argument("--lr", type=float, default=3e-4)
+
+
+def parse_with_data(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    args = parser.parse_args()
+    if not os.path.isdir(args.data):
+        raise SystemExit(f"NIPS 2017 images not found at {args.data}: pass --data")
+    return args
+
+
 def trainable(model: torch.nn.Module, first_stage: int) -> list[torch.nn.Parameter]:
     """Stages from ``first_stage`` on, the head, and every RobustBlock wherever it is,
     except the parameters of blocks built frozen (the paper code's block)."""
@@ -315,10 +337,7 @@ def goals(summary: list[dict], headline: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=SHARED)
-    parser.add_argument("--labels", default=".cache/default/labels-dss.pt", help="pseudo-MOS cache (shared with train_default.py)")
-    parser.add_argument("--references", type=int, default=600,
-                        help="NIPS images used; fewer only for a quick check (the split then differs from the default model's)")
+    add_data_arguments(parser, eval_references=50, attack_images=100)
     parser.add_argument("--variants", nargs="+", default=["control", "cayley", "aol", "aoc", "cayley+l2", "cayley+pls", "nt", "at", "silu"])
     parser.add_argument("--headline", default="cayley+l2", help="the variant the goals are checked on")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -328,19 +347,10 @@ def main() -> None:
     parser.add_argument("--pooled-size", default="min", type=lambda v: v if v in ("min", "keep") else int(v))
     parser.add_argument("--train-from", type=int, default=None,
                         help="first fine-tuned stage for every variant (default: the default model's first trained stage)")
-    parser.add_argument("--eval-references", type=int, default=50, help="held-out references for SROCC/PLCC (21 images each)")
-    parser.add_argument("--attack-images", type=int, default=100)
-    parser.add_argument("--tune-steps", type=int, default=316)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--val-images", type=int, default=252)
-    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--parts", nargs="+", choices=("table", "positions", "recipes"), default=["table", "positions", "recipes"])
     parser.add_argument("--cache", default=".cache/paper")
     parser.add_argument("--out", default="outputs/paper")
-    args = parser.parse_args()
-    if not os.path.isdir(args.data):
-        raise SystemExit(f"NIPS 2017 images not found at {args.data}: pass --data")
+    args = parse_with_data(parser)
     started = time.time()
     os.makedirs(args.out, exist_ok=True)
 
