@@ -75,26 +75,6 @@ def _silenced_output() -> Iterator[None]:
             os.close(fd)
 
 
-@functools.lru_cache(maxsize=None)
-def batched_lu_is_sound(size: int, dtype: torch.dtype, threads: int) -> bool:
-    """Whether this build's CPU batched LU solves two well-conditioned ``size`` x ``size``
-    systems correctly with ``threads`` threads (checked once per process, silently)."""
-    generator = torch.Generator().manual_seed(0)
-    eye = torch.eye(size, dtype=dtype)
-    matrices = eye + 0.01 * torch.randn(2, size, size, dtype=dtype, generator=generator)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with _silenced_output():
-            lu, pivots, _ = torch.linalg.lu_factor_ex(matrices)
-            solved = torch.linalg.lu_solve(lu, pivots, eye.expand(2, size, size))
-        return bool((matrices @ solved - eye).abs().max() < 1e-3)
-    except RuntimeError:
-        return False
-    finally:
-        torch.set_num_threads(previous)
-
-
 @contextlib.contextmanager
 def _threads(count: int) -> Iterator[None]:
     previous = torch.get_num_threads()
@@ -103,6 +83,22 @@ def _threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@functools.lru_cache(maxsize=None)
+def batched_lu_is_sound(size: int, dtype: torch.dtype, threads: int) -> bool:
+    """Whether this build's CPU batched LU solves two well-conditioned ``size`` x ``size``
+    systems correctly with ``threads`` threads (checked once per process, silently)."""
+    generator = torch.Generator().manual_seed(0)
+    eye = torch.eye(size, dtype=dtype)
+    matrices = eye + 0.01 * torch.randn(2, size, size, dtype=dtype, generator=generator)
+    try:
+        with _threads(threads), _silenced_output():
+            lu, pivots, _ = torch.linalg.lu_factor_ex(matrices)
+            solved = torch.linalg.lu_solve(lu, pivots, eye.expand(2, size, size))
+        return bool((matrices @ solved - eye).abs().max() < 1e-3)
+    except RuntimeError:
+        return False
 
 
 def _factor_and_solve(phase: torch.Tensor, coef: torch.Tensor, rhs: torch.Tensor, verify: bool):
