@@ -30,7 +30,7 @@ from .defenses.base import Defense
 from .files import atomic_save
 from .io import save
 from .losses import get_loss
-from .modes import preserved_modes
+from .modes import preserved_modes, state_copy
 
 __all__ = ["finetune", "FinetuneResult"]
 
@@ -122,7 +122,7 @@ def _gives_model_back_on_error(run: Callable[..., FinetuneResult]) -> Callable[.
 
     @functools.wraps(run)
     def wrapper(model: nn.Module, *args, **kwargs) -> FinetuneResult:
-        initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        initial = state_copy(model)
         was_contiguous = all(p.is_contiguous() for p in model.parameters())
         with preserved_modes(model):
             try:

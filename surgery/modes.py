@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import torch
 from torch import nn
 
-__all__ = ["preserved_modes", "eval_mode", "frozen", "measuring"]
+__all__ = ["preserved_modes", "eval_mode", "frozen", "measuring", "state_copy"]
 
 
 @contextlib.contextmanager
@@ -59,3 +60,8 @@ def measuring(model: nn.Module) -> Iterator[nn.Module]:
     back as it came (modes, ``requires_grad``; eval mode leaves buffers alone)."""
     with eval_mode(model), frozen(model):
         yield model
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of every parameter and buffer, to give a model back its weights after a failure."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -26,7 +26,7 @@ from torch_pruning.pruner import function
 from .attacks.base import per_image_scores, scoring_network
 from .blocks import RobustSplice
 from .config import PruneReport, layer_shape, record_pruning, resize_layers
-from .modes import eval_mode
+from .modes import eval_mode, state_copy
 
 __all__ = ["prune", "PruneReport", "PLSImportance", "vip_scores", "pls_importances"]
 
@@ -145,7 +145,7 @@ def prune(
     last_layer = [m for m in network.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
     ratio = 1 - (1 - amount) ** 0.5
     widths = {module: layer_shape(module) for module in model.modules()}
-    original = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    original = state_copy(model)
     for splice, stand_in in zip(splices, stand_ins):
         splice.robust = stand_in
     try:
