@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .attacks.base import check_images, per_image_scores, scoring_network
-from .defenses.base import Defense
+from .defenses.base import Defense, TrainingScore
 from .files import atomic_save
 from .io import save
 from .losses import get_loss
@@ -235,7 +235,7 @@ def finetune(
                     "another model or run; delete it or pass resume=False to start afresh"
                 ) from err
 
-    score = lambda images: _scores(network, images)  # noqa: E731
+    score = TrainingScore(network, _scores)
     best_state = None  # best weights in memory when there is no checkpoint folder
     for epoch in range(start_epoch, epochs):
         _train_mode(network, params)

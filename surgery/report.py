@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+# Figures are drawn without pyplot: no global backend is switched and no window opens,
+# so importing this module leaves a notebook's inline plots alone.
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .evaluate import Table  # noqa: E402
+from .evaluate import Table
 
 __all__ = ["plot_curves", "plot_tradeoff"]
 
 
 def plot_curves(table: Table, path: str | os.PathLike, metric: str = "abs_gain") -> None:
     """One line per (model, eps-swept attack): ``metric`` against eps (x 1/255)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     keys = dict.fromkeys((r["model"], r["attack"]) for r in table.rows if r.get("eps") is not None)
     for model, attack in keys:
         points = sorted((r["eps"], r[metric]) for r in table.rows if r["model"] == model and r["attack"] == attack)
@@ -28,7 +28,6 @@ def plot_curves(table: Table, path: str | os.PathLike, metric: str = "abs_gain")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_tradeoff(table: Table, path: str | os.PathLike, attack: str = "pgd-1", accuracy: str = "srocc") -> None:
@@ -38,7 +37,8 @@ def plot_tradeoff(table: Table, path: str | os.PathLike, attack: str = "pgd-1", 
     points = [p for p in points if p[1] is not None and p[2] is not None]
     if not points:
         raise ValueError(f"no model has both {accuracy!r} and {key!r}: evaluate with MOS and the {attack} sweep")
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
     for name, x, y in points:
         ax.scatter(x, y)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
@@ -47,4 +47,3 @@ def plot_tradeoff(table: Table, path: str | os.PathLike, attack: str = "pgd-1", 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

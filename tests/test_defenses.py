@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from surgery.defenses import AdversarialTraining, NormRegularization, Sqish, replace_activations
+from surgery.defenses import AdversarialTraining, ConsistencyTraining, NormRegularization, Sqish, TrainingScore, replace_activations
 from surgery.finetune import finetune
 from surgery.losses import mse
-from tests.models import TinyIQA
+from tests.models import BatchNormIQA, SmallCNN, TinyIQA, assert_unchanged, snapshot
 
 
 def input_gradient_norm(model, images):
@@ -56,6 +56,68 @@ def test_at_trains_through_finetune():
     images, targets = toy_data()
     result = finetune(TinyIQA(), (images, targets), epochs=1, loss="mse", progress=False, defense=AdversarialTraining())
     assert result.history[0]["train_loss"] > 0
+
+
+def test_consistency_training_lowers_the_input_gradient_norm():
+    """Two clusters (dark images score 0, bright ones 1) can be fitted with a flat model;
+    the consistency penalty finds it, the plain fine-tune does not."""
+    bright = torch.arange(32) % 2
+    images = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.4 + 0.6 * bright[:, None, None, None]
+    torch.manual_seed(0)
+    plain, consistent = SmallCNN(), SmallCNN()
+    consistent.load_state_dict(plain.state_dict())
+    options = {"epochs": 8, "loss": "mse", "lr": 1e-2, "progress": False, "seed": 0}
+    finetune(plain, (images, bright.float()), **options)
+    finetune(consistent, (images, bright.float()), **options, defense=ConsistencyTraining(eps=8 / 255, steps=2, beta=100.0))
+    assert input_gradient_norm(consistent, images) < 0.6 * input_gradient_norm(plain, images)
+
+
+@pytest.mark.parametrize("eps", [2 / 255, 8 / 255])
+def test_consistency_attack_stays_in_budget_and_moves_the_score(eps):
+    torch.manual_seed(0)
+    model = SmallCNN()
+    images = torch.rand(6, 3, 8, 8)
+    images[0] = 0.0  # pixels at the edge of [0, 1] stay inside it
+    adversarial = ConsistencyTraining(eps=eps, steps=5).adversarial(model, images)
+    assert (adversarial - images).abs().max() <= eps + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    noise = (images + eps * torch.randint(0, 2, images.shape).float().mul(2).sub(1)).clamp(0, 1)
+    with torch.no_grad():
+        gap = (model(adversarial) - model(images)).abs()
+        noise_gap = (model(noise) - model(images)).abs()
+    assert gap.mean() > noise_gap.mean()
+
+
+def test_consistency_penalty_is_the_squared_gap():
+    torch.manual_seed(0)
+    model = TinyIQA()
+    images, _ = toy_data(4)
+    targets = model(images).detach()  # task loss 0: the loss is the penalty alone
+    defense = ConsistencyTraining(beta=2.0)
+    torch.manual_seed(1)
+    adversarial = defense.adversarial(model, images)
+    torch.manual_seed(1)
+    penalty = defense.loss(model, images, targets, mse)
+    expected = 2.0 * (model(adversarial) - model(images)).square().mean()
+    assert penalty.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_consistency_attacks_the_model_as_at_inference():
+    """The inner attack sees running statistics and no dropout, and leaves modes and buffers alone."""
+    torch.manual_seed(0)
+    model = BatchNormIQA().train()
+    before = snapshot(model)
+    seen = []
+    model.features[1].register_forward_hook(lambda module, *_: seen.append(module.training))
+    ConsistencyTraining(steps=2).adversarial(TrainingScore(model, lambda network, x: network(x)), torch.rand(4, 3, 8, 8))
+    assert seen and not any(seen)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("options", [{"eps": 0.0}, {"steps": 0}, {"beta": -1.0}, {"eps": float("nan")}])
+def test_consistency_refuses_bad_settings(options):
+    with pytest.raises(ValueError, match="ConsistencyTraining"):
+        ConsistencyTraining(**options)
 
 
 @pytest.mark.parametrize("kind", ["elu", "silu", "gelu", "sqish"])

@@ -1,5 +1,8 @@
 """evaluate/compare: the table's numbers follow from the scores; sweeps resume from cache."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -152,3 +155,20 @@ def test_evaluate_scores_in_eval_mode_and_gives_the_model_back(data, mode):
     again = evaluate(model, images, mos, attacks=attacks, eps_grid=(4 / 255,), progress=False)
     assert again.rows == table.rows
     assert_unchanged(model, before)
+
+
+def test_plots_leave_matplotlib_backend_alone(tmp_path):
+    """Importing and using surgery.report draws on its own figures: a notebook's backend stays."""
+    code = (
+        "import matplotlib; before = matplotlib.get_backend()\n"
+        "import surgery, surgery.report as report\n"
+        "table = surgery.Table([{'model': 'm', 'attack': 'pgd-1', 'eps': e, 'abs_gain': e / 10} for e in (2.0, 4.0)],\n"
+        "                      [{'model': 'm', 'srocc': 0.9, 'pgd-1 abs_gain_auc': 1.0}])\n"
+        f"report.plot_curves(table, {str(tmp_path / 'curves.png')!r}); report.plot_tradeoff(table, {str(tmp_path / 'tradeoff.png')!r})\n"
+        "assert matplotlib.get_backend() == before, (before, matplotlib.get_backend())\n"
+    )
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("curves.png", "tradeoff.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

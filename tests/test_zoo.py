@@ -11,6 +11,19 @@ def test_factory_lists_the_paper_models():
     assert {"linearity", "koncept512", "timm-iqa", "dbcnn", "tres"} <= set(surgery.list_models())
 
 
+def test_registered_names_are_case_insensitive_and_listed_by_filter(monkeypatch):
+    import surgery.zoo as zoo
+
+    monkeypatch.setattr(zoo, "_BUILDERS", dict(zoo._BUILDERS))
+    monkeypatch.setattr(zoo, "_PRETRAINED", dict(zoo._PRETRAINED))
+    zoo.register_model("MyIQA")(lambda: torch.nn.Conv2d(3, 1, 1))
+    assert isinstance(surgery.create_model("MyIQA"), torch.nn.Conv2d)
+    assert isinstance(surgery.create_model("myiqa"), torch.nn.Conv2d)
+    assert surgery.list_models("my*") == ["myiqa"]
+    assert surgery.list_models("*IQA") == ["myiqa", "timm-iqa"]
+    assert "myiqa" not in surgery.list_models(pretrained=True) and "default" in surgery.list_models(pretrained=True)
+
+
 def test_unknown_model_and_missing_weights_are_explained():
     with pytest.raises(ValueError, match="available"):
         surgery.create_model("linearity-v2")

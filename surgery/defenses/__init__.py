@@ -1,7 +1,9 @@
-"""Baseline defences (Meleshin et al. §5): NT, AT and smooth activations."""
+"""Training-time defences: the baselines of Meleshin et al. §5 (NT, AT, smooth activations)
+and consistency training (TRADES for a regression score)."""
 from .activations import ACTIVATIONS, Sqish, replace_activations
 from .at import AdversarialTraining
-from .base import Defense
+from .base import Defense, TrainingScore
+from .consistency import ConsistencyTraining
 from .nt import NormRegularization
 
-__all__ = ["Defense", "NormRegularization", "AdversarialTraining", "replace_activations", "Sqish", "ACTIVATIONS"]
+__all__ = ["Defense", "TrainingScore", "NormRegularization", "AdversarialTraining", "ConsistencyTraining", "replace_activations", "Sqish", "ACTIVATIONS"]

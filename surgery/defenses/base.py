@@ -7,14 +7,41 @@ the batch, the targets and the task loss, and returns the loss to minimise.
 from __future__ import annotations
 
 import abc
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import torch
+from torch import nn
 
-__all__ = ["Defense", "ScoreFn", "LossFn"]
+from ..modes import eval_mode
+
+__all__ = ["Defense", "ScoreFn", "LossFn", "TrainingScore", "as_at_inference"]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TrainingScore:
+    """The score function :func:`surgery.finetune` hands a defence: ``score(images)`` runs
+    the network in its training mode; inside ``score.at_inference()`` it runs in eval mode
+    (running statistics, no dropout), as an attacker sees the finished model."""
+
+    def __init__(self, network: nn.Module, scores: Callable[[nn.Module, torch.Tensor], torch.Tensor]):
+        self.network = network
+        self._scores = scores
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self._scores(self.network, images)
+
+    @contextlib.contextmanager
+    def at_inference(self) -> Iterator[None]:
+        with eval_mode(self.network):
+            yield
+
+
+def as_at_inference(score: ScoreFn) -> contextlib.AbstractContextManager:
+    """``score.at_inference()`` where the score function has one (finetune's does), else nothing."""
+    return score.at_inference() if isinstance(score, TrainingScore) else contextlib.nullcontext()
 
 
 class Defense(abc.ABC):

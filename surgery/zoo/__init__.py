@@ -6,6 +6,7 @@ state_dict (``weights_only=True``). The zoo builds models, it does not train the
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 from typing import Callable
 
@@ -47,17 +48,22 @@ _PRETRAINED: dict[str, Callable[[nn.Module], None]] = {"default": lambda model: 
 def register_model(name: str, pretrained: Callable[[nn.Module], None] | None = None):
     """Decorator adding a builder to :func:`create_model`; ``pretrained`` loads shipped weights."""
 
+    key = name.lower()  # names are case-insensitive, as in create_model
+
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _BUILDERS[name] = builder
+        _BUILDERS[key] = builder
         if pretrained is not None:
-            _PRETRAINED[name] = pretrained
+            _PRETRAINED[key] = pretrained
         return builder
 
     return decorate
 
 
-def list_models() -> list[str]:
-    return sorted(_BUILDERS)
+def list_models(filter: str = "", pretrained: bool = False) -> list[str]:
+    """Model names, sorted; ``filter`` is a shell pattern (``"default*"``, ``"*iqa*"``), and
+    ``pretrained=True`` keeps only the models whose weights ship with the package."""
+    names = sorted(_PRETRAINED if pretrained else _BUILDERS)
+    return fnmatch.filter(names, filter.lower()) if filter else names
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
