@@ -198,6 +198,13 @@ class RobustBlock(nn.Module):
         return self.ortho(self.reduce(x))
 
     @torch.no_grad()
+    def clear_cache(self) -> None:
+        """Drop the orthogonal layer's inference cache, where it keeps one (a layer
+        registered by the user need not have ``clear_cache``)."""
+        clear = getattr(self.ortho, "clear_cache", None)
+        if callable(clear):
+            clear()
+
     def norm_ratio(self, height: int, width: int | None = None, samples: int = 4) -> torch.Tensor:
         """Measured ``||W x|| / ||x||`` of the orthogonal layer's linear part on random inputs.
 

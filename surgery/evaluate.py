@@ -27,8 +27,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics
-from .attacks import APGD, EPS_GRID, PGD, UAP, Attack, PaperPGD, StAdv, check_images, score_fn, scores
-from .attacks.base import model_device
+from .attacks import APGD, EPS_GRID, PGD, UAP, Attack, PaperPGD, StAdv
+from .scoring import check_images, model_device, model_score_range, score_fn, scores
 from .modes import measuring
 from .files import atomic_save, atomic_write_text
 
@@ -245,11 +245,16 @@ def evaluate(
     Returns a :class:`Table`: ``rows`` (one per attack and eps, with AbsGain and
     R-Score; the clean row has the correlations) and ``summaries`` (one per model:
     SROCC, PLCC, KROCC, then per attack AbsGain / R-Score, or their AUCs over eps
-    for PGD). ``train_images`` (if given) set the score range and train the UAP.
+    for PGD). Scores are normalised with ``score_range`` if given, else the range the
+    model carries (``model.score_range``), else the range of its scores on
+    ``train_images``, else on ``images``; the summary says which. ``train_images`` also
+    train the UAP.
     """
     check_images(images)
     clean = scores(model, images, batch_size)
     source = "given"
+    if score_range is None and model_score_range(model) is not None:
+        score_range, source = model_score_range(model), "model"
     if score_range is None:
         reference = scores(model, train_images, batch_size) if train_images is not None else clean
         score_range = metrics.score_range(reference)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 from tqdm.auto import tqdm
 
 from . import metrics
-from .attacks.base import check_images, per_image_scores, scoring_network
+from .scoring import check_images, per_image_scores, scoring_network
 from .defenses.base import Defense, TrainingScore
 from .files import atomic_save
 from .io import save

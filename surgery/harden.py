@@ -18,7 +18,7 @@ from .blocks import PooledSize, RobustBlock, RobustBlockConfig, RobustSplice
 from .config import CONFIG_ATTR, HardenConfig
 from .locate import ModelMap, Position, locate
 from .modes import eval_mode
-from .ortho import CayleyConv2d, get_ortho, ortho_name
+from .ortho import get_ortho, ortho_name
 from .prune import prune as prune_model
 
 __all__ = ["harden", "apply_config", "HardenConfig", "describe", "robust_blocks", "CONFIG_ATTR"]
@@ -186,9 +186,8 @@ def _check_runs(model: nn.Module, example: torch.Tensor, config: HardenConfig) -
             "original map size, pass pooled_size='keep', or choose another position."
         ) from err
     finally:
-        for module in model.modules():
-            if isinstance(module, CayleyConv2d):
-                module.clear_cache()
+        for block in robust_blocks(model).values():  # the example's size is not the user's
+            block.clear_cache()
 
 
 def robust_blocks(model: nn.Module) -> dict[str, RobustBlock]:

@@ -23,7 +23,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
-from .attacks.base import per_image_scores, scoring_network
+from .scoring import per_image_scores, scoring_network
 from .blocks import RobustSplice
 from .config import PruneReport, layer_shape, record_pruning, resize_layers
 from .modes import eval_mode, state_copy

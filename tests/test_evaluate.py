@@ -57,6 +57,18 @@ def test_given_score_range_and_train_images(data):
     assert "train images" in table.summaries[0]["score_range"]
 
 
+def test_the_model_own_score_range_is_the_default(data):
+    images, _ = data
+    model = TinyIQA().eval()
+    model.score_range = (-2.0, 3.0)
+    table = evaluate(model, images, attacks=[], train_images=torch.rand(4, 3, 12, 12), progress=False)
+    assert table.summaries[0]["score_range"] == "-2..3 (model)"
+    assert evaluate(model, images, attacks=[], score_range=(0.0, 1.0), progress=False).summaries[0]["score_range"] == "0..1 (given)"
+    model.score_range = (1.0, 1.0)
+    with pytest.raises(ValueError, match="low < high"):
+        evaluate(model, images, attacks=[], progress=False)
+
+
 def test_interrupted_sweep_resumes_from_cache(data, tmp_path, monkeypatch):
     images, mos = data
     model = TinyIQA().eval()

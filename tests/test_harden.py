@@ -11,7 +11,7 @@ from torch import nn
 import surgery
 from surgery import RobustSplice, describe, harden, robust_blocks
 from tests.conftest import requires_pyiqa
-from tests.models import FixedSizeHead, TwoBranch
+from tests.models import FixedSizeHead, SmallCNN, TwoBranch
 
 BUILDERS = {
     "tv-resnet18": (lambda: torchvision.models.resnet18(), (3, 96, 96)),
@@ -214,3 +214,12 @@ def test_pyiqa_tres_hardens_and_runs():
     score = hardened(torch.rand(1, 3, 224, 224))
     score = score[0] if isinstance(score, tuple) else score
     assert torch.isfinite(score).all()
+
+
+@pytest.mark.parametrize("ortho", ["cayley", "aol", "aoc"])
+def test_harden_leaves_no_inference_cache_behind(ortho):
+    """The check run on the example input must not keep matrices built for the example's size."""
+    model = surgery.harden(SmallCNN(), ortho=ortho, input_size=(3, 16, 16))
+    for block in surgery.robust_blocks(model).values():
+        assert callable(block.ortho.clear_cache)
+        assert getattr(block.ortho, "_q_cache", None) is None

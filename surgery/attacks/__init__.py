@@ -6,7 +6,8 @@ They evaluate any model that maps images in [0, 1] to scores; nothing here
 imports the surgery itself.
 """
 from .apgd import APGD, apgd_checkpoints
-from .base import Attack, check_images, score_fn, scores
+from ..scoring import check_images, score_fn, scores
+from .base import Attack
 from .paper import PaperPGD
 from .pgd import EPS_GRID, PGD, default_alpha
 from .stadv import StAdv, flow_smoothness, warp

@@ -19,7 +19,8 @@ from torch import nn
 
 from ..files import atomic_save
 from ..modes import measuring
-from .base import Attack, Direction, check_budget, check_count, check_images, model_device, score_fn
+from ..scoring import check_images, model_device, score_fn
+from .base import Attack, Direction, check_budget, check_count
 
 __all__ = ["UAP"]
 

@@ -36,6 +36,10 @@ class OrthoConv2d(nn.Module):
         self.out_channels = out_channels
         self.kernel_size = kernel_size
 
+    def clear_cache(self) -> None:
+        """Drop whatever the layer keeps between inference calls (nothing here; Cayley's
+        orthogonal matrices). The next call rebuilds it."""
+
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
 
