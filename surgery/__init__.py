@@ -6,51 +6,45 @@
 implements Meleshin, Chistyakova, Antsiferova & Vatolin, "Robustness as
 Architecture: Designing IQA Models to Withstand Adversarial Perturbations".
 """
-from . import attacks, metrics
-from .blocks import PAPER_CODE_BLOCK, RobustBlock, RobustBlockConfig, RobustSplice, symbolic_trace
-from .harden import HardenConfig, apply_config, describe, harden, robust_blocks
-from .evaluate import Table, compare, evaluate
-from .finetune import FinetuneResult, finetune
+from . import attacks, defenses, metrics, ortho
+from .blockmap import locate, positions
+from .blocks import PAPER_CODE_BLOCK, RobustBlock, RobustBlockConfig
+from .evaluation import Table, compare, evaluate
+from .hardening import HardenConfig, describe, harden, robust_blocks
 from .io import load, save
-from .prune import PruneReport, prune
-from .locate import ConvBlock, ModelMap, locate, positions
-from .ortho import AOCConv2d, AOLConv2d, CayleyConv2d, get_ortho, register_ortho
+from .ortho import register_ortho
+from .pruning import PruneReport, prune
+from .training import FinetuneResult, finetune
 from .zoo import create_model, list_models, register_model
 
 __version__ = "0.1.0"
 
+# the pipeline's verbs, its few types and the subpackages; everything else lives in its module
 __all__ = [
-    "harden",
-    "describe",
     "locate",
     "positions",
+    "harden",
+    "describe",
+    "robust_blocks",
+    "prune",
+    "finetune",
     "evaluate",
     "compare",
-    "Table",
-    "attacks",
-    "metrics",
-    "prune",
-    "PruneReport",
-    "finetune",
-    "FinetuneResult",
     "save",
     "load",
     "create_model",
     "list_models",
     "register_model",
-    "apply_config",
-    "robust_blocks",
+    "register_ortho",
     "HardenConfig",
     "RobustBlock",
     "RobustBlockConfig",
-    "RobustSplice",
     "PAPER_CODE_BLOCK",
-    "symbolic_trace",
-    "ConvBlock",
-    "ModelMap",
-    "CayleyConv2d",
-    "AOLConv2d",
-    "AOCConv2d",
-    "get_ortho",
-    "register_ortho",
+    "PruneReport",
+    "FinetuneResult",
+    "Table",
+    "attacks",
+    "defenses",
+    "metrics",
+    "ortho",
 ]

@@ -7,7 +7,7 @@ import os
 import sys
 
 import surgery
-from surgery.evaluate import DEFAULT_ATTACKS, resolve_attacks
+from surgery.evaluation import DEFAULT_ATTACKS, resolve_attacks
 from surgery.ortho import ortho_names
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import CONFIG_ATTR, HardenConfig, resize_layers
 from .files import atomic_save
-from .harden import apply_config
+from .hardening import apply_config
 from .zoo import MODEL_SPEC_ATTR, create_model
 
 __all__ = ["save", "load"]

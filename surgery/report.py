@@ -8,7 +8,7 @@ import os
 # so importing this module leaves a notebook's inline plots alone.
 from matplotlib.figure import Figure
 
-from .evaluate import Table
+from .evaluation import Table
 
 __all__ = ["plot_curves", "plot_tradeoff"]
 

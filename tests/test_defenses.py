@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from surgery.defenses import AdversarialTraining, ConsistencyTraining, NormRegularization, Sqish, TrainingScore, replace_activations
-from surgery.finetune import finetune
+from surgery.training import finetune
 from surgery.losses import mse
 from tests.models import BatchNormIQA, SmallCNN, TinyIQA, assert_unchanged, snapshot
 

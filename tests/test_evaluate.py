@@ -10,7 +10,7 @@ import torch
 import surgery
 from surgery import metrics
 from surgery.attacks import PGD, scores
-from surgery.evaluate import Table, compare, evaluate, resolve_attacks
+from surgery.evaluation import Table, compare, evaluate, resolve_attacks
 from tests.models import BatchNormIQA, TinyIQA, assert_unchanged, snapshot
 
 

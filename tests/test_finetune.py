@@ -1,5 +1,4 @@
 """Fine-tuning: learns, keeps the best weights, resumes, is repeatable, runs under DDP."""
-import importlib
 import os
 
 import pytest
@@ -8,8 +7,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import surgery
-from surgery import metrics
-from surgery.finetune import finetune
+from surgery import metrics, training
+from surgery.training import finetune
 from tests.models import BatchNormIQA, TinyIQA, assert_unchanged, snapshot
 
 
@@ -67,9 +66,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     reference.load_state_dict(start)
     finetune(reference, train, val, epochs=3, checkpoint_dir=tmp_path / "full", progress=False)
 
-    module = importlib.import_module("surgery.finetune")  # the package exports a function of the same name
-
-    real_validate, calls = module._validate, []
+    real_validate, calls = training._validate, []
 
     def crash_in_third_epoch(*args, **kwargs):
         calls.append(1)
@@ -79,10 +76,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     interrupted = TinyIQA()
     interrupted.load_state_dict(start)
-    monkeypatch.setattr(module, "_validate", crash_in_third_epoch)
+    monkeypatch.setattr(training, "_validate", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         finetune(interrupted, train, val, epochs=3, checkpoint_dir=tmp_path / "cut", progress=False)
-    monkeypatch.setattr(module, "_validate", real_validate)
+    monkeypatch.setattr(training, "_validate", real_validate)
     assert all(torch.equal(interrupted.state_dict()[k], v) for k, v in start.items())  # given back as it came
 
     fresh = TinyIQA()  # as a new process would build it

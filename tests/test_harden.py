@@ -9,7 +9,8 @@ import torchvision
 from torch import nn
 
 import surgery
-from surgery import RobustSplice, describe, harden, robust_blocks
+from surgery import describe, harden, robust_blocks
+from surgery.blocks import RobustSplice
 from tests.conftest import requires_pyiqa
 from tests.models import FixedSizeHead, SmallCNN, TwoBranch
 
@@ -178,7 +179,7 @@ def test_vision_transformer_is_refused():
 def test_splicing_twice_at_the_same_place_is_refused():
     hardened = harden(torchvision.models.resnet18(), input_size=(3, 64, 64))
     with pytest.raises(ValueError, match="already has a RobustBlock"):
-        surgery.apply_config(hardened, hardened.surgery_config)
+        surgery.hardening.apply_config(hardened, hardened.surgery_config)
 
 
 def test_describe_reports_blocks_and_measured_orthogonality():

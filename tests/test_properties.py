@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from surgery.attacks import APGD, PGD, PaperPGD, StAdv, scores
-from surgery.evaluate import evaluate
+from surgery.evaluation import evaluate
 from tests.models import BatchNormIQA, assert_unchanged, snapshot
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,7 @@ import torchvision
 
 import surgery
 from tests.conftest import requires_pyiqa
-from surgery.prune import prune, vip_scores
+from surgery.pruning import prune, vip_scores
 
 
 @pytest.mark.parametrize("method", ["l2", "pls"])
@@ -25,7 +25,7 @@ def test_prune_hardened_resnet(method, tmp_path):
     with torch.no_grad():
         out = model.eval()(x)
     assert out.shape == (2, 1000)
-    torch.testing.assert_close(surgery.symbolic_trace(model)(x), out)  # still traces
+    torch.testing.assert_close(surgery.blocks.symbolic_trace(model)(x), out)  # still traces
     surgery.save(model, tmp_path / "pruned.pt")
     loaded = surgery.load(tmp_path / "pruned.pt", model=torchvision.models.resnet18()).eval()
     with torch.no_grad():

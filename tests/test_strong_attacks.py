@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from surgery.attacks import APGD, PGD, PaperPGD, StAdv, UAP, apgd_checkpoints, scores
-from surgery.evaluate import evaluate, resolve_attacks
+from surgery.evaluation import evaluate, resolve_attacks
 from tests.models import SmallCNN
 
 

@@ -16,10 +16,10 @@ from torch import nn
 
 from .blocks import PooledSize, RobustBlock, RobustBlockConfig, RobustSplice
 from .config import CONFIG_ATTR, HardenConfig
-from .locate import ModelMap, Position, locate
+from .blockmap import ModelMap, Position, locate
 from .modes import eval_mode
 from .ortho import get_ortho, ortho_name
-from .prune import prune as prune_model
+from .pruning import prune as prune_model
 
 __all__ = ["harden", "apply_config", "HardenConfig", "describe", "robust_blocks", "CONFIG_ATTR"]
 
