@@ -14,6 +14,7 @@ from .hardening import HardenConfig, describe, harden, robust_blocks
 from .io import load, save
 from .ortho import register_ortho
 from .pruning import PruneReport, prune
+from .recipes import RECIPES, Recipe, robustify
 from .training import FinetuneResult, finetune
 from .zoo import create_model, list_models, register_model
 
@@ -28,6 +29,7 @@ __all__ = [
     "robust_blocks",
     "prune",
     "finetune",
+    "robustify",
     "evaluate",
     "compare",
     "save",
@@ -42,6 +44,8 @@ __all__ = [
     "PAPER_CODE_BLOCK",
     "PruneReport",
     "FinetuneResult",
+    "Recipe",
+    "RECIPES",
     "Table",
     "attacks",
     "defenses",

@@ -116,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--csv", help="CSV listing the images (and their MOS)")
     p_eval.add_argument("--image-column", default="image")
     p_eval.add_argument("--score-column", default=None, help="MOS column of the CSV")
-    p_eval.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
+    p_eval.add_argument("--input-size", type=int, nargs=3, default=(3, 224, 224), metavar=("C", "H", "W"),
+                        help="size the images are resized to (C is 3: images are read as RGB)")
     p_eval.add_argument("--limit", type=_positive_int, help="use only the first N images")
     p_eval.add_argument(
         "--attacks", nargs="+", default=list(DEFAULT_ATTACKS),
@@ -127,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--cache", help="folder to resume interrupted sweeps from")
     p_eval.add_argument("--out", default="results.csv", help=".csv, .md or .json (all three are written beside it)")
     p_eval.add_argument("--plots", help="folder for the AbsGain-vs-eps and trade-off plots")
+
+    p_models = sub.add_parser("models", help="list the zoo models")
+    add_debug(p_models)
+    p_models.add_argument("filter", nargs="?", default="", help="shell pattern, e.g. 'default*'")
+    p_models.add_argument("--pretrained", action="store_true", help="only the models whose weights ship with the package")
 
     p_demo = sub.add_parser("demo", help="score, attack, harden and re-attack the default model on sample photos")
     add_debug(p_demo)
@@ -143,6 +149,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         return _evaluate(args)
+    if args.command == "models":
+        print("\n".join(surgery.list_models(args.filter, pretrained=args.pretrained)))
+        return 0
     if args.command == "describe":
         print(surgery.describe(surgery.load(args.path)))
         return 0
@@ -181,9 +190,10 @@ def _evaluate(args) -> int:
         resolve_attacks(args.attacks)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    if min(args.size) < 1:
-        raise UsageError(f"--size must be two whole numbers >= 1, got {args.size}")
-    dataset = ImageFolder(args.images, args.csv, args.image_column, args.score_column, size=tuple(args.size))
+    channels, height, width = args.input_size
+    if channels != 3 or min(height, width) < 1:
+        raise UsageError(f"--input-size must be 3 H W with H, W >= 1 (images are read as RGB), got {' '.join(map(str, args.input_size))}")
+    dataset = ImageFolder(args.images, args.csv, args.image_column, args.score_column, size=(height, width))
     images, mos = dataset.tensors()
     if args.limit:
         images, mos = images[: args.limit], None if mos is None else mos[: args.limit]

@@ -235,12 +235,16 @@ def evaluate(
     score_range: tuple[float, float] | None = None,
     train_images: torch.Tensor | None = None,
     direction: str = "up",
+    attack_subset: Sequence[int] | torch.Tensor | None = None,
     batch_size: int = 8,
     cache: str | os.PathLike | None = None,
     name: str = "model",
     progress: bool = True,
 ) -> Table:
     """Clean accuracy and attack robustness of ``model`` on ``images`` (N, 3, H, W) in [0, 1].
+
+    SROCC, PLCC and KROCC use every image; the attacks run on ``attack_subset`` (indices
+    into ``images``) when given, since attacks cost far more than scoring.
 
     Returns a :class:`Table`: ``rows`` (one per attack and eps, with AbsGain and
     R-Score; the clean row has the correlations) and ``summaries`` (one per model:
@@ -272,6 +276,13 @@ def evaluate(
             clean_row[metric] = summary[metric] = getattr(metrics, metric)(clean, target)
     rows = [clean_row]
 
+    if attack_subset is not None:
+        picked = torch.as_tensor(attack_subset, dtype=torch.long).reshape(-1)
+        if picked.numel() == 0 or picked.min() < 0 or picked.max() >= images.shape[0]:
+            raise ValueError(f"attack_subset must hold indices in [0, {images.shape[0] - 1}], got {picked.tolist()[:10]}")
+        images, clean = images[picked], clean[picked]
+        target = target[picked] if mos is not None else None
+        summary["attack_n"] = int(picked.numel())
     runs = resolve_attacks(attacks, eps_grid)
     fingerprint = _fingerprint(images)
     store = _Cache(cache, name, model, fingerprint)

@@ -47,7 +47,7 @@ class FinetuneResult:
     best_path: str | None = None
 
 
-def _dataset(data: DataSpec, name: str) -> Dataset:
+def as_dataset(data: DataSpec, name: str) -> Dataset:
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
@@ -58,7 +58,7 @@ def _dataset(data: DataSpec, name: str) -> Dataset:
     raise TypeError(f"{name} must be a Dataset of (image, score) or a tuple (images, scores), got {type(data).__name__}")
 
 
-def _known_targets(dataset: Dataset) -> torch.Tensor | None:
+def known_targets(dataset: Dataset) -> torch.Tensor | None:
     """A dataset's scores when they can be read without loading its images."""
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[1].reshape(-1).float()
@@ -70,7 +70,7 @@ def _check_validation_set(dataset: Dataset) -> None:
     """Fail before the first epoch on a validation set no SROCC can be computed on."""
     if len(dataset) < 2:
         raise ValueError(f"val has {len(dataset)} item(s): SROCC needs at least 2 images with different scores")
-    targets = _known_targets(dataset)
+    targets = known_targets(dataset)
     if targets is None:
         return
     if not torch.isfinite(targets).all():
@@ -189,14 +189,14 @@ def finetune(
     if distributed:
         network = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
-    train_set = _dataset(train, "train")
+    train_set = as_dataset(train, "train")
     sampler = DistributedSampler(train_set, seed=seed) if distributed else None
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(
         train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
         num_workers=num_workers, drop_last=len(train_set) > batch_size,
     )
-    val_set = None if val is None else _dataset(val, "val")
+    val_set = None if val is None else as_dataset(val, "val")
     if val_set is not None:
         _check_validation_set(val_set)
     val_loader = None if val_set is None else DataLoader(val_set, batch_size=batch_size, num_workers=num_workers)

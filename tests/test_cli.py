@@ -20,6 +20,13 @@ def test_locate_lists_blocks(capsys):
     assert "backbone.layer4" in capsys.readouterr().out
 
 
+def test_models_are_listed_by_filter(capsys):
+    assert main(["models", "default*"]) == 0
+    assert capsys.readouterr().out.split() == ["default", "default-robust"]
+    assert main(["models", "--pretrained"]) == 0
+    assert "linearity" not in capsys.readouterr().out.split()
+
+
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "surgery", "--help"], capture_output=True, text=True, check=True)
     assert "harden" in result.stdout
@@ -40,7 +47,7 @@ def test_eval_writes_tables_and_plots(tmp_path, capsys):
     out = tmp_path / "res.csv"
     code = main([
         "eval", "timm-iqa", "--model-arg", "backbone=resnet18", "--images", str(folder), "--csv", str(tmp_path / "scores.csv"),
-        "--score-column", "mos", "--size", "32", "32", "--attacks", "pgd-1", "--out", str(out), "--plots", str(tmp_path / "plots"),
+        "--score-column", "mos", "--input-size", "3", "32", "32", "--attacks", "pgd-1", "--out", str(out), "--plots", str(tmp_path / "plots"),
     ])
     assert code == 0
     assert out.exists() and (tmp_path / "res.md").exists() and (tmp_path / "res.json").exists()
@@ -71,7 +78,8 @@ BAD_INVOCATIONS = [  # (arguments, exit code, what the one line must say)
     (["eval", "default", "--images", ".", "--limit", "0"], 2, "--limit: expected a whole number >= 1"),
     (["eval", "default", "--images", ".", "--limit", "-1"], 2, "--limit: expected a whole number >= 1"),
     (["eval", "default", "--images", ".", "--attacks", "cw"], 2, "unknown attack 'cw'"),
-    (["eval", "default", "--images", ".", "--size", "0", "8"], 2, "--size"),
+    (["eval", "default", "--images", ".", "--input-size", "3", "0", "8"], 2, "--input-size"),
+    (["eval", "default", "--images", ".", "--input-size", "1", "8", "8"], 2, "--input-size"),
     (["eval", "default", "--images", ".", "--csv", "scores.csv"], 1, "score table 'scores.csv' does not exist"),
 ]
 

@@ -184,3 +184,20 @@ def test_plots_leave_matplotlib_backend_alone(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     for name in ("curves.png", "tradeoff.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attack_subset_scores_all_images_and_attacks_some(data):
+    images, mos = data
+    model = TinyIQA().eval()
+    subset = [1, 3, 4]
+    options = {"attacks": ["pgd-1", "stadv"], "eps_grid": (2 / 255, 4 / 255), "score_range": (-1.0, 1.0), "progress": False}
+    table = evaluate(model, images, mos, attack_subset=subset, **options)
+    alone = evaluate(model, images[subset], mos[subset], **options)
+    full = evaluate(model, images, mos, attacks=[], score_range=(-1.0, 1.0), progress=False)
+    summary = table.summaries[0]
+    assert summary["srocc"] == full.summaries[0]["srocc"] and summary["n"] == 6 and summary["attack_n"] == 3
+    for key in ("pgd-1 abs_gain_auc", "stadv abs_gain"):
+        assert summary[key] == pytest.approx(alone.summaries[0][key])
+    assert [r["n"] for r in table.rows[1:]] == [3, 3, 3]
+    with pytest.raises(ValueError, match="attack_subset"):
+        evaluate(model, images, mos, attack_subset=[6], **options)

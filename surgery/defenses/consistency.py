@@ -2,12 +2,14 @@
 robustness and accuracy", ICML 2019) for a regression score.
 
 Each batch keeps its clean labels: the loss is the task loss on the clean images plus
-``beta * mean((f(x_adv) - f(x))^2)``, where ``x_adv`` maximises that squared gap inside
+``beta * mean(((f(x_adv) - f(x)) / scale)^2)``, where ``x_adv`` maximises that squared gap inside
 an l_inf ball of radius ``eps`` (a uniform random start and ``steps`` projected sign
 steps of ``2.5 eps / steps``, found with the model as at inference). Unlike AT
 (:class:`AdversarialTraining`) no label is invented for the attacked image: the model
 is asked to score it as it scores the clean one, in whichever direction the attack
-moved it.
+moved it. ``scale`` puts the gap in units of the scores' spread (the standard deviation of
+the training labels is a good choice, and what :func:`surgery.robustify` passes), so one
+``beta`` means the same for a model scoring in [0, 1] and one scoring in [0, 100].
 """
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ __all__ = ["ConsistencyTraining"]
 
 
 class ConsistencyTraining(Defense):
-    def __init__(self, eps: float = 4 / 255, steps: int = 3, beta: float = 1.0, alpha: float | None = None):
+    def __init__(
+        self, eps: float = 4 / 255, steps: int = 3, beta: float = 1.0, alpha: float | None = None, scale: float = 1.0
+    ):
         self.eps = check_budget("ConsistencyTraining", eps=eps)
+        self.scale = check_budget("ConsistencyTraining", scale=scale)
         check_count("ConsistencyTraining", steps=steps)
         if not beta >= 0:
             raise ValueError(f"ConsistencyTraining: beta must be >= 0, got {beta!r}")
@@ -47,4 +52,4 @@ class ConsistencyTraining(Defense):
     def loss(self, score: ScoreFn, images: torch.Tensor, targets: torch.Tensor, task_loss: LossFn) -> torch.Tensor:
         adversarial = self.adversarial(score, images)
         clean, attacked = score(torch.cat([images, adversarial])).split(images.shape[0])
-        return task_loss(clean, targets) + self.beta * (attacked - clean).square().mean()
+        return task_loss(clean, targets) + self.beta * ((attacked - clean) / self.scale).square().mean()

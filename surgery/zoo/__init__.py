@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .default import DefaultIQA
+from .default import DEFAULT_ROBUST_WEIGHTS, DefaultIQA
 from .heads import MLPHead, Normalize, TimmIQA
 from .koncept import KonCept512
 from .linearity import Linearity
@@ -37,12 +37,16 @@ MODEL_SPEC_ATTR = "surgery_model_spec"
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "default": DefaultIQA,
+    "default-robust": DefaultIQA,
     "linearity": Linearity,
     "koncept512": KonCept512,
     "timm-iqa": TimmIQA,
     **{name: (lambda name=name, **kw: create_pyiqa_metric(name, **kw)) for name in PYIQA_METRICS},
 }
-_PRETRAINED: dict[str, Callable[[nn.Module], None]] = {"default": lambda model: model.load_imagenet().load_trained()}
+_PRETRAINED: dict[str, Callable[[nn.Module], None]] = {
+    "default": lambda model: model.load_imagenet().load_trained(),
+    "default-robust": lambda model: model.load_imagenet().load_trained(DEFAULT_ROBUST_WEIGHTS),
+}
 
 
 def register_model(name: str, pretrained: Callable[[nn.Module], None] | None = None):

@@ -18,9 +18,11 @@ from torch import nn
 
 from .heads import IMAGENET_MEAN, IMAGENET_STD, MLPHead, Normalize
 
-__all__ = ["DefaultIQA", "imagenet_lite0_state", "trained_prefixes", "DEFAULT_WEIGHTS"]
+__all__ = ["DefaultIQA", "imagenet_lite0_state", "trained_prefixes", "DEFAULT_WEIGHTS", "DEFAULT_ROBUST_WEIGHTS"]
 
 DEFAULT_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "default.pt")
+# the default model after surgery.robustify's robust recipe (benchmarks/train_default_robust.py)
+DEFAULT_ROBUST_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "default-robust.pt")
 
 
 def trained_prefixes(first_stage: int) -> tuple[str, ...]:

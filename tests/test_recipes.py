@@ -1,0 +1,83 @@
+"""One-call recipes: the paper's method and the robust recipe, on several architectures."""
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import surgery
+from surgery.attacks import PGD, scores
+from surgery.defenses import ConsistencyTraining
+from surgery.recipes import RECIPES
+from tests.models import SmallCNN, snapshot, assert_unchanged
+
+
+class TorchvisionIQA(nn.Module):
+    """ResNet-18 (random weights) with a one-output head."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torchvision.models.resnet18(num_classes=1)
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
+
+
+def timm_iqa():
+    return surgery.create_model("timm-iqa", backbone="efficientnet_lite0", hidden=(16,))
+
+
+def cluster_data(size=32, n=32):
+    """Dark images score 0 and bright ones 1: a task a flat model can fit."""
+    bright = torch.arange(n) % 2
+    images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * 0.4 + 0.6 * bright[:, None, None, None]
+    return images, bright.float()
+
+
+def strong_gain(model, images, eps=8 / 255):
+    attacked = PGD(eps=eps, steps=10, random_start=True)(model, images)
+    return (scores(model, attacked) - scores(model, images)).mean().item()
+
+
+@pytest.mark.parametrize("build", [SmallCNN, TorchvisionIQA, timm_iqa], ids=["small-cnn", "resnet18", "timm-efficientnet"])
+def test_robust_recipe_makes_several_architectures_harder_to_fool(build):
+    images, targets = cluster_data()
+    torch.manual_seed(0)
+    original = build()
+    options = {"epochs": 4, "loss": "mse", "lr": 3e-3, "progress": False, "seed": 0}
+    control = copy.deepcopy(original)
+    surgery.finetune(control, (images, targets), **options)
+    robust, _ = surgery.robustify(original, (images, targets), recipe="robust", **options)
+    assert strong_gain(robust, images) < 0.7 * strong_gain(control, images)
+
+
+def test_robustify_copies_the_model_and_uses_the_recipe_defense(monkeypatch):
+    images, targets = cluster_data(16, 8)
+    model = SmallCNN()
+    before = snapshot(model)
+    seen = []
+    monkeypatch.setattr(ConsistencyTraining, "loss", lambda self, *a: seen.append(self) or a[3](a[0](a[1]), a[2]))
+    robust, result = surgery.robustify(model, (images, targets), epochs=1, progress=False)
+    assert robust is not model and len(result.history) == 1
+    assert seen and isinstance(seen[0], ConsistencyTraining)
+    assert_unchanged(model, before)
+
+
+def test_paper_recipe_splices_prunes_and_fine_tunes():
+    images, targets = cluster_data(32, 8)
+    robust, result = surgery.robustify(
+        SmallCNN(), (images, targets), recipe="paper", harden_options={"input_size": (3, 32, 32)}, epochs=1, loss="mse",
+        progress=False,
+    )
+    assert surgery.robust_blocks(robust) and robust.surgery_config.pruning
+    assert result.history[0]["train_loss"] > 0
+
+
+def test_recipes_refuse_what_they_cannot_do():
+    images, targets = cluster_data(16, 4)
+    with pytest.raises(ValueError, match="available"):
+        surgery.robustify(SmallCNN(), (images, targets), recipe="magic")
+    with pytest.raises(ValueError, match="adds no block"):
+        surgery.robustify(SmallCNN(), (images, targets), recipe="robust", harden_options={"position": -1})
+    assert set(RECIPES) >= {"robust", "paper"}
