@@ -38,10 +38,12 @@ class Recipe:
     finetune: dict[str, Any] = field(default_factory=dict)
 
 
+BETA = 0.2  # consistency weight, in units of the training scores' variance
+
 RECIPES: dict[str, Recipe] = {
     "robust": Recipe(
         "robust",
-        "consistency training (TRADES for scores): eps 4/255, 3 steps, beta 4; no block",
+        f"consistency training (TRADES for scores): eps 4/255, 3 steps, beta {BETA:g}; no block",
         defense=lambda spread: ConsistencyTraining(eps=4 / 255, steps=3, beta=BETA, scale=spread),
     ),
     "paper": Recipe(
