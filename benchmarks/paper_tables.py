@@ -22,7 +22,8 @@ seconds per fine-tune epoch and ms per image at batch 8. ``--seeds`` repeats the
 of ``control`` and ``cayley+l2``; the summary gives mean and spread.
 
 Masking checks, per model: random sign noise of 8/255 must raise scores far less than
-PGD-1 of the same budget (AbsGain, signed: noise is a distortion, so it usually lowers them); PGD-8 must gain at least what PGD-1 gains at every eps; PGD-8
+PGD-1 of the same budget (AbsGain, signed: noise is a distortion, so it usually lowers them);
+PGD-8 must gain at least what PGD-1 gains at every eps; PGD-8
 adversarials transferred from the original must not gain more than the white-box attack
 (and the reverse transfer is reported). A model failing one is flagged.
 
@@ -279,7 +280,8 @@ def position_sweep(base, data, score_range, original, args) -> tuple[list[dict],
         name = f"backbone.blocks.{stage}"
         torch.manual_seed(0)
         model = surgery.harden(copy.deepcopy(base), **block_options(args, position=name))
-        fine_tune(model, {}, data, args.train_from, 0, os.path.join(args.cache, "tune", f"position-{stage}" + tune_tag("cayley", args)), args)
+        folder = os.path.join(args.cache, "tune", f"position-{stage}" + tune_tag("cayley", args))
+        fine_tune(model, {}, data, args.train_from, 0, folder, args)
         rows.append({"position": f"before {name}", "lemma_ratio": lemma[name],
                      **sweep_row(pgd1_summary(f"position-{stage}", model, data, score_range, args), original)})
         print(f"  position {name}: SROCC {rows[-1]['srocc']:.4f}, PGD-1 AbsGainAUC {rows[-1]['pgd-1 abs_gain_auc']:.4f}")
@@ -312,7 +314,8 @@ def recipe_sweep(base, data, score_range, original, args) -> list[dict]:
         torch.manual_seed(0)
         recipe = argparse.Namespace(**{**vars(args), "train_from": train_from, "lr": lr})
         model, options = build(variant, base, data, recipe, hidden_channels=hidden, pooled_size=pooled)
-        fine_tune(model, options, data, train_from, 0, os.path.join(args.cache, "tune", f"recipe-{tag}" + tune_tag(variant, recipe)), recipe)
+        folder = os.path.join(args.cache, "tune", f"recipe-{tag}" + tune_tag(variant, recipe))
+        fine_tune(model, options, data, train_from, 0, folder, recipe)
         rows.append({"recipe": name, **sweep_row(pgd1_summary(f"recipe-{tag}", model, data, score_range, args), original)})
         print(f"  {name}: SROCC {rows[-1]['srocc']:.4f}, PGD-1 AbsGainAUC {rows[-1]['pgd-1 abs_gain_auc']:.4f}")
     return rows
@@ -367,7 +370,9 @@ def goals(summary: list[dict], headline: str, strong: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_arguments(parser, eval_references=50, attack_images=100)
-    parser.add_argument("--variants", nargs="+", default=["control", "cayley", "aol", "aoc", "cayley+l2", "cayley+pls", "nt", "at", "silu", "trades", "cayley+trades"])
+    parser.add_argument("--variants", nargs="+", default=[
+        "control", "cayley", "aol", "aoc", "cayley+l2", "cayley+pls", "nt", "at", "silu", "trades", "cayley+trades",
+    ])
     parser.add_argument("--headline", nargs="+", default=["cayley+l2", "trades"], help="the variants the goals are checked on")
     parser.add_argument("--strong", nargs="*", default=["apgd-20"], help="strong attacks, run raising and lowering the score")
     parser.add_argument("--trades-beta", type=float, default=ROBUST.beta, help="consistency weight of the variant 'trades'")

@@ -44,6 +44,18 @@ PAPER_CODE_BLOCK: dict[str, Any] = {
 }
 
 
+def hidden_width(hidden_channels: int | float | None, channels: int) -> int:
+    """The block's width after its reducing conv: ``channels // 2`` by default, a whole
+    number as given, or a fraction in (0, 1] of ``channels`` (the paper code's 200/1024)."""
+    if hidden_channels is None:
+        return max(1, channels // 2)
+    if isinstance(hidden_channels, float):
+        if not 0 < hidden_channels <= 1:
+            raise ValueError(f"hidden_channels as a fraction must be in (0, 1], got {hidden_channels}")
+        return max(1, round(hidden_channels * channels))
+    return hidden_channels
+
+
 @dataclass(frozen=True)
 class RobustBlockConfig:
     """Everything needed to rebuild a RobustBlock; plain values only, so it saves as JSON."""
@@ -118,7 +130,7 @@ class RobustBlock(nn.Module):
         freeze: bool = False,
     ):
         super().__init__()
-        hidden_channels = max(1, in_channels // 2) if hidden_channels is None else hidden_channels
+        hidden_channels = hidden_width(hidden_channels, in_channels)
         if not 1 <= hidden_channels <= in_channels:
             raise ValueError(
                 f"hidden_channels must be between 1 and in_channels={in_channels}, got {hidden_channels}: "

@@ -16,7 +16,9 @@ from torch import nn
 
 from .blocks import RobustBlockConfig
 
-__all__ = ["HardenConfig", "PruneReport", "ResizedLayer", "CONFIG_ATTR", "CHANNEL_ATTRIBUTES", "layer_shape", "resize_layers", "record_pruning"]
+__all__ = [
+    "HardenConfig", "PruneReport", "ResizedLayer", "CONFIG_ATTR", "CHANNEL_ATTRIBUTES", "layer_shape", "resize_layers", "record_pruning",
+]
 
 CONFIG_ATTR = "surgery_config"
 

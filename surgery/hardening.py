@@ -14,19 +14,15 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .blocks import PooledSize, RobustBlock, RobustBlockConfig, RobustSplice
+from .blocks import PooledSize, RobustBlock, RobustBlockConfig, RobustSplice, hidden_width
 from .config import CONFIG_ATTR, HardenConfig
 from .blockmap import ModelMap, Position, locate
 from .modes import eval_mode
 from .ortho import get_ortho, ortho_name
+from .pruning import check_method
 from .pruning import prune as prune_model
 
 __all__ = ["harden", "apply_config", "HardenConfig", "describe", "robust_blocks", "CONFIG_ATTR"]
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, new)
 
 
 def apply_config(model: nn.Module, config: HardenConfig, layers: Sequence[type] = ()) -> nn.Module:
@@ -50,7 +46,7 @@ def apply_config(model: nn.Module, config: HardenConfig, layers: Sequence[type] 
             block = block.to(device=param.device, dtype=param.dtype)
         splice = RobustSplice(block.train(original.training), original)
         splice.training = original.training  # not .train(): that would flatten the original's own modes
-        _replace(model, name, splice)
+        model.set_submodule(name, splice)
     previous = getattr(model, CONFIG_ATTR, None)
     merged = HardenConfig(
         blocks={**(previous.blocks if previous else {}), **config.blocks},
@@ -117,8 +113,7 @@ def harden(
     changed.
     """
     ortho_cls = get_ortho(ortho)  # fail fast on an unknown name
-    if prune not in (None, "l2", "pls"):
-        raise ValueError(f"prune must be None, 'l2' or 'pls', got {prune!r}")
+    check_method(prune, optional=True)  # before the copy: fail fast
     target = model if inplace else copy.deepcopy(model)
     model_map: ModelMap = locate(target, input_size=input_size, example_input=example_input)
     config = HardenConfig()
@@ -131,7 +126,7 @@ def harden(
                 "(surgery.locate(model) lists them)"
             )
         channels = model_map.in_shape(name)[0]
-        hidden = _hidden_width(hidden_channels, channels)
+        hidden = hidden_width(hidden_channels, channels)
         if not 1 <= hidden <= channels:
             raise ValueError(
                 f"hidden_channels={hidden} does not fit the block before {name!r}, which has {channels} channels: "
@@ -156,16 +151,6 @@ def harden(
     if prune is not None:
         prune_model(target, prune, amount, calib=calib, calib_targets=calib_targets, example_input=example)
     return target
-
-
-def _hidden_width(hidden_channels: int | float | None, channels: int) -> int:
-    if hidden_channels is None:
-        return max(1, channels // 2)
-    if isinstance(hidden_channels, float):
-        if not 0 < hidden_channels <= 1:
-            raise ValueError(f"hidden_channels as a fraction must be in (0, 1], got {hidden_channels}")
-        return max(1, round(hidden_channels * channels))
-    return hidden_channels
 
 
 def _example_like(model: nn.Module, model_map: ModelMap) -> torch.Tensor:

@@ -102,6 +102,15 @@ def _count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+METHODS = ("l2", "pls")
+
+
+def check_method(method: str | None, optional: bool = False) -> None:
+    """Refuse a pruning method other than ``"l2"`` or ``"pls"`` (or None when ``optional``)."""
+    if not (method in METHODS or (optional and method is None)):
+        raise ValueError(f"the pruning method must be {'None, ' if optional else ''}'l2' or 'pls', got {method!r}")
+
+
 def prune(
     model: nn.Module,
     method: str = "l2",
@@ -124,8 +133,7 @@ def prune(
     narrowed, is added to the model's record, so :func:`surgery.save` /
     :func:`surgery.load` rebuild the pruned architecture.
     """
-    if method not in ("l2", "pls"):
-        raise ValueError(f"method must be 'l2' or 'pls', got {method!r}")
+    check_method(method)
     if not 0 < amount < 1:
         raise ValueError(f"amount is a fraction of the weights, 0 < amount < 1, got {amount}")
     if method == "pls" and calib is None:

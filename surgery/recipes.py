@@ -38,7 +38,7 @@ class Recipe:
     finetune: dict[str, Any] = field(default_factory=dict)
 
 
-BETA = 0.2  # consistency weight, in units of the training scores' variance
+BETA = 0.02  # consistency weight, in units of the training scores' variance
 
 RECIPES: dict[str, Recipe] = {
     "robust": Recipe(

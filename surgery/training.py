@@ -115,6 +115,108 @@ def _validate(network: nn.Module, loader: DataLoader, device: torch.device, auto
     return {"val_srocc": metrics.srocc(p, t), "val_plcc": metrics.plcc(p, t)}
 
 
+class _Loaders:
+    """The training loader (shuffled by a seeded generator, sharded under DDP) and the
+    validation loader, from datasets or ``(images, scores)`` tensors, checked up front."""
+
+    def __init__(self, train: DataSpec, val: DataSpec | None, batch_size: int, seed: int, num_workers: int, distributed: bool):
+        train_set = as_dataset(train, "train")
+        self.sampler = DistributedSampler(train_set, seed=seed) if distributed else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.train = DataLoader(
+            train_set, batch_size=batch_size, shuffle=self.sampler is None, sampler=self.sampler, generator=self.generator,
+            num_workers=num_workers, drop_last=len(train_set) > batch_size,
+        )
+        val_set = None if val is None else as_dataset(val, "val")
+        if val_set is not None:
+            _check_validation_set(val_set)
+        self.val = None if val_set is None else DataLoader(val_set, batch_size=batch_size, num_workers=num_workers)
+
+
+class _Step:
+    """One optimisation step per batch: the task loss (or the defence's loss), a finite
+    check, backward, clipping, the optimiser and the schedule."""
+
+    def __init__(self, score: TrainingScore, task_loss, defense, params, optimizer, scheduler, grad_clip, use_amp: bool, device):
+        self.score, self.task_loss, self.defense, self.params = score, task_loss, defense, params
+        self.optimizer, self.scheduler, self.grad_clip, self.use_amp, self.device = optimizer, scheduler, grad_clip, use_amp, device
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp)
+
+    def epoch(self, batches: tqdm, channels_last: bool, epoch: int) -> float:
+        """Train on every batch; the mean loss per image."""
+        running, count = 0.0, 0
+        for images, targets in batches:
+            images = images.to(self.device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(self.device).reshape(-1).float()
+            _check_batch(images, targets, epoch + 1)
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                if self.defense is not None:
+                    value = self.defense.loss(self.score, images, targets, self.task_loss)
+                else:
+                    value = self.task_loss(self.score(images), targets)
+            if not torch.isfinite(value):
+                raise FloatingPointError(f"loss became {value.item()} at epoch {epoch + 1}: lower the learning rate")
+            value.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            running += value.item() * images.shape[0]
+            count += images.shape[0]
+            batches.set_postfix(loss=f"{running / count:.4f}")
+        return running / max(count, 1)
+
+
+class _Checkpoints:
+    """``last.pt`` (everything a later call resumes from) and ``best.pt`` (the best weights,
+    loadable with ``surgery.load``) in a folder, written atomically; nothing without a
+    folder, and only ``write`` (rank 0) writes."""
+
+    def __init__(self, folder: str | os.PathLike | None, write: bool):
+        self.last = None if folder is None else os.path.join(os.fspath(folder), "last.pt")
+        self.best = None if folder is None else os.path.join(os.fspath(folder), "best.pt")
+        self.write = write
+
+    def resume(self, model, optimizer, scheduler, generator, device, result: FinetuneResult) -> tuple[FinetuneResult, int]:
+        """The history and the first epoch to run, from ``last.pt`` when there is one."""
+        if self.last is None or not os.path.isfile(self.last):
+            return result, 0
+        try:
+            state = torch.load(self.last, map_location=device, weights_only=True)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"].cpu())
+            generator.set_state(state["loader_rng"].cpu())
+            resumed = FinetuneResult(state["history"], state["best_epoch"], state["best_srocc"], state["best_path"])
+            return resumed, state["epoch"] + 1
+        except Exception as err:
+            raise ValueError(
+                f"cannot resume from checkpoint {self.last!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
+                "it is corrupt or from another model or run; delete it or pass resume=False to start afresh"
+            ) from err
+
+    def save_best(self, model: nn.Module) -> str | None:
+        if self.best is not None and self.write:
+            save(model, self.best)
+        return self.best
+
+    def save_last(self, model, optimizer, scheduler, generator, epoch: int, result: FinetuneResult) -> None:
+        if self.last is None or not self.write:
+            return
+        state = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(), "loader_rng": generator.get_state(), "epoch": epoch, "history": result.history,
+            "best_epoch": result.best_epoch, "best_srocc": result.best_srocc, "best_path": result.best_path,
+        }
+        atomic_save(state, self.last)
+
+
 def _gives_model_back_on_error(run: Callable[..., FinetuneResult]) -> Callable[..., FinetuneResult]:
     """Every module's own mode restored on exit; on an error or an interrupt, the weights,
     buffers and memory format the model came with are restored too before it propagates
@@ -164,7 +266,8 @@ def finetune(
     Args:
         train, val: Datasets yielding ``(image, score)`` or ``(images, scores)`` tensors.
         loss: ``"norm-in-norm"`` (default, Linearity's), ``"mse"``, ``"plcc"`` or a callable.
-        defense: a baseline defence (``NormRegularization``, ``AdversarialTraining``).
+        defense: a training defence (``NormRegularization``, ``AdversarialTraining``,
+            ``ConsistencyTraining``).
         checkpoint_dir: where ``last.pt`` (resumable state) and ``best.pt`` (best
             weights by validation SROCC, loadable with ``surgery.load``) go; an
             existing ``last.pt`` is resumed when ``resume``.
@@ -189,114 +292,41 @@ def finetune(
     if distributed:
         network = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
-    train_set = as_dataset(train, "train")
-    sampler = DistributedSampler(train_set, seed=seed) if distributed else None
-    generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(
-        train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
-        num_workers=num_workers, drop_last=len(train_set) > batch_size,
-    )
-    val_set = None if val is None else as_dataset(val, "val")
-    if val_set is not None:
-        _check_validation_set(val_set)
-    val_loader = None if val_set is None else DataLoader(val_set, batch_size=batch_size, num_workers=num_workers)
-
+    loaders = _Loaders(train, val, batch_size, seed, num_workers, distributed)
     params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    total_steps = max(1, epochs * len(train_loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-    task_loss = get_loss(loss)
+    total_steps = max(1, epochs * len(loaders.train))
+    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    step = _Step(TrainingScore(network, _scores), get_loss(loss), defense, params, optimizer, scheduler, grad_clip, use_amp, device)
 
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
-
-    result = FinetuneResult()
-    start_epoch = 0
-    last_path = best_path = None
-    if checkpoint_dir is not None:
-        last_path = os.path.join(os.fspath(checkpoint_dir), "last.pt")
-        best_path = os.path.join(os.fspath(checkpoint_dir), "best.pt")
-        if resume and os.path.isfile(last_path):
-            try:
-                state = torch.load(last_path, map_location=device, weights_only=True)
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                torch.set_rng_state(state["rng"].cpu())
-                generator.set_state(state["loader_rng"].cpu())
-                start_epoch = state["epoch"] + 1
-                result = FinetuneResult(state["history"], state["best_epoch"], state["best_srocc"], state["best_path"])
-            except Exception as err:
-                raise ValueError(
-                    f"cannot resume from checkpoint {last_path!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
-                    "it is corrupt or from "
-                    "another model or run; delete it or pass resume=False to start afresh"
-                ) from err
-
-    score = TrainingScore(network, _scores)
+    checkpoints = _Checkpoints(checkpoint_dir, write=is_main)
+    result, start_epoch = FinetuneResult(), 0
+    if resume:
+        result, start_epoch = checkpoints.resume(model, optimizer, scheduler, loaders.generator, device, result)
     best_state = None  # best weights in memory when there is no checkpoint folder
     for epoch in range(start_epoch, epochs):
         _train_mode(network, params)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        if loaders.sampler is not None:
+            loaders.sampler.set_epoch(epoch)
         started = time.perf_counter()
-        running, count = 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and is_main), leave=False)
-        for images, targets in bar:
-            images = images.to(device)
-            if use_channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets = targets.to(device).reshape(-1).float()
-            _check_batch(images, targets, epoch + 1)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                value = defense.loss(score, images, targets, task_loss) if defense else task_loss(score(images), targets)
-            if not torch.isfinite(value):
-                raise FloatingPointError(f"loss became {value.item()} at epoch {epoch + 1}: lower the learning rate")
-            value.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            scheduler.step()
-            running += value.item() * images.shape[0]
-            count += images.shape[0]
-            bar.set_postfix(loss=f"{running / count:.4f}")
-        record = {"epoch": epoch + 1, "train_loss": running / max(count, 1), "lr": scheduler.get_last_lr()[0]}
-        if val_loader is not None:
-            record.update(_validate(network, val_loader, device, autocast))
+        bar = tqdm(loaders.train, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and is_main), leave=False)
+        record = {"epoch": epoch + 1, "train_loss": step.epoch(bar, use_channels_last, epoch), "lr": scheduler.get_last_lr()[0]}
+        if loaders.val is not None:
+            record.update(_validate(network, loaders.val, device, step.autocast))
         record["seconds"] = time.perf_counter() - started
         result.history.append(record)
 
-        improved = val_loader is not None and (result.best_srocc is None or record["val_srocc"] > result.best_srocc)
-        if improved:
+        if loaders.val is not None and (result.best_srocc is None or record["val_srocc"] > result.best_srocc):
             result.best_epoch, result.best_srocc = epoch + 1, record["val_srocc"]
-            if best_path is not None:
-                if is_main:
-                    save(model, best_path)
-                result.best_path = best_path
-            else:
+            result.best_path = checkpoints.save_best(model)
+            if result.best_path is None:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if last_path is not None and is_main:
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "loader_rng": generator.get_state(),
-                    "epoch": epoch,
-                    "history": result.history,
-                    "best_epoch": result.best_epoch,
-                    "best_srocc": result.best_srocc,
-                    "best_path": result.best_path,
-                },
-                last_path,
-            )
+        checkpoints.save_last(model, optimizer, scheduler, loaders.generator, epoch, result)
         if progress and is_main:
-            shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-            tqdm.write(shown)
+            tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         if distributed:
             dist.barrier()
 

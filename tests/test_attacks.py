@@ -135,7 +135,9 @@ class DictOutput(TinyIQA):
         return {"score": super().forward(x)}
 
 
-@pytest.mark.parametrize("model,error,match", [(TwoOutputs(), ValueError, r"shape \(2, 2\).*one score per image"), (DictOutput(), TypeError, "dict with keys")])
+@pytest.mark.parametrize(
+    "model,error,match", [(TwoOutputs(), ValueError, r"shape \(2, 2\).*one score per image"), (DictOutput(), TypeError, "dict with keys")]
+)
 def test_models_without_one_score_per_image_are_refused(model, error, match):
     with pytest.raises(error, match=match):
         scores(model, torch.rand(2, 3, 8, 8))

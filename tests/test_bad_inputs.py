@@ -25,7 +25,7 @@ CASES = {
     "harden: unknown position": (lambda t: surgery.harden(TwoBranch(), position="nope", input_size=(3, 16, 16)), ValueError, "nope"),
     "harden: block number out of range": (lambda t: surgery.harden(TwoBranch(), position=99, input_size=(3, 16, 16)), ValueError, "99"),
     "harden: unknown ortho": (lambda t: surgery.harden(TwoBranch(), ortho="householder"), ValueError, "householder"),
-    "harden: unknown pruning": (lambda t: surgery.harden(TwoBranch(), prune="random"), ValueError, "prune must be"),
+    "harden: unknown pruning": (lambda t: surgery.harden(TwoBranch(), prune="random"), ValueError, "pruning method must be"),
     "harden: hidden fraction": (lambda t: surgery.harden(TwoBranch(), hidden_channels=1.5, input_size=(3, 16, 16)), ValueError, "fraction"),
     "harden: no convolution": (lambda t: surgery.harden(torch.nn.Linear(4, 1)), (ValueError, RuntimeError), "conv|run"),
     # attacks

@@ -7,6 +7,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NIPS = os.path.join(ROOT, "..", "shared", "data", "nips2017")
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,8 @@ def test_eval_writes_tables_and_plots(tmp_path, capsys):
     out = tmp_path / "res.csv"
     code = main([
         "eval", "timm-iqa", "--model-arg", "backbone=resnet18", "--images", str(folder), "--csv", str(tmp_path / "scores.csv"),
-        "--score-column", "mos", "--input-size", "3", "32", "32", "--attacks", "pgd-1", "--out", str(out), "--plots", str(tmp_path / "plots"),
+        "--score-column", "mos", "--input-size", "3", "32", "32", "--attacks", "pgd-1", "--out", str(out),
+        "--plots", str(tmp_path / "plots"),
     ])
     assert code == 0
     assert out.exists() and (tmp_path / "res.md").exists() and (tmp_path / "res.json").exists()

@@ -119,7 +119,8 @@ def test_compare_hardened_and_original_side_by_side(data, tmp_path):
     images = torch.nn.functional.interpolate(images, size=32)
     original = surgery.create_model("timm-iqa", backbone="resnet18").eval()
     hardened = surgery.harden(original, input_size=(3, 32, 32)).eval()
-    table = compare({"original": original, "hardened": hardened}, images, mos, attacks=["pgd-1"], eps_grid=(2 / 255, 4 / 255), progress=False)
+    models = {"original": original, "hardened": hardened}
+    table = compare(models, images, mos, attacks=["pgd-1"], eps_grid=(2 / 255, 4 / 255), progress=False)
     assert [s["model"] for s in table.summaries] == ["original", "hardened"]
     for path in ("t.csv", "t.md", "t.json"):
         table.write(tmp_path / path)

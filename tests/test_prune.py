@@ -66,7 +66,7 @@ def test_vip_scores_rank_the_informative_feature_first():
 def test_prune_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         prune(torchvision.models.resnet18(), **{"method": "l2", **kwargs})
-    with pytest.raises(ValueError, match="prune must be"):
+    with pytest.raises(ValueError, match="pruning method must be"):
         surgery.harden(torchvision.models.resnet18(), prune="random", input_size=(3, 32, 32))
 
 

@@ -40,6 +40,7 @@ def strong_gain(model, images, eps=8 / 255):
     return (scores(model, attacked) - scores(model, images)).mean().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [SmallCNN, TorchvisionIQA, timm_iqa], ids=["small-cnn", "resnet18", "timm-efficientnet"])
 def test_robust_recipe_makes_several_architectures_harder_to_fool(build):
     images, targets = cluster_data()

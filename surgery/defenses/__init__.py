@@ -6,4 +6,7 @@ from .base import Defense, TrainingScore
 from .consistency import ConsistencyTraining
 from .nt import NormRegularization
 
-__all__ = ["Defense", "TrainingScore", "NormRegularization", "AdversarialTraining", "ConsistencyTraining", "replace_activations", "Sqish", "ACTIVATIONS"]
+__all__ = [
+    "Defense", "TrainingScore", "NormRegularization", "AdversarialTraining", "ConsistencyTraining", "replace_activations", "Sqish",
+    "ACTIVATIONS",
+]

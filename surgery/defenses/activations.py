@@ -54,6 +54,5 @@ def replace_activations(model: nn.Module, kind: str = "silu", modules: Sequence[
         and (modules is None or any(name == p or name.startswith(p + ".") for p in modules))
     ]
     for name in targets:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, ACTIVATIONS[kind]())
+        model.set_submodule(name, ACTIVATIONS[kind]())
     return len(targets)
