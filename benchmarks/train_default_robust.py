@@ -2,14 +2,18 @@
 fine-tuned with ``surgery.robustify``'s robust recipe (consistency training), and its
 model card numbers.
 
-The fine-tune is the paper comparison's ``trades`` variant at seed 0 (same data, steps,
+The fine-tune is the paper comparison's ``trades-<beta>`` row at seed 0 (same data, steps,
 learning rate and trained parts as every variant of ``benchmarks/paper_tables.py``; the
-two scripts share their cache, so whichever runs second reuses the fine-tune). Only the
-trained parts are written (stages 4-6, the head convolution and the MLP head, float16),
-as for the default model. The card is measured on the model loaded back from that file,
-on the held-out references, with the paper's attacks and APGD in both directions.
+two scripts share their cache, so whichever runs second reuses the fine-tune and the
+attacks). Only the trained parts are written (stages 4-6, the head convolution and the
+MLP head), as for the default model but in float32, so the shipped model is exactly the
+one measured. The card is measured on the model loaded back from that file, on the
+held-out references, with the paper's attacks and APGD in both directions.
 
     python benchmarks/train_default_robust.py --attack-images 16 --eval-references 30
+
+(``--lr`` defaults to 1e-4 here, the learning rate of ``surgery.finetune`` and so of
+``robustify``; run the comparison with ``--lr 1e-4`` to share the fine-tune.)
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ def main() -> None:
     parser.add_argument("--trades-steps", type=int, default=ROBUST.steps)
     parser.add_argument("--cache", default=".cache/paper", help="shared with paper_tables.py")
     parser.add_argument("--out", default=DEFAULT_ROBUST_WEIGHTS)
+    parser.set_defaults(lr=1e-4)  # finetune's default, which robustify uses
     args = parse_with_data(parser)
     started = time.time()
     data = load_data(args)
@@ -44,11 +49,13 @@ def main() -> None:
     args.train_from = torch.load(DEFAULT_WEIGHTS, weights_only=True)["first_stage"]
 
     torch.manual_seed(0)
-    model, options = build("trades", base, data, args)
-    fine_tune(model, options, data, args.train_from, 0, os.path.join(args.cache, "tune", "trades" + tune_tag("trades", args)), args)
+    variant = f"trades-{args.trades_beta:g}"  # the comparison's row for this beta: its fine-tune is reused
+    model, options = build(variant, base, data, args)
+    fine_tune(model, options, data, args.train_from, 0, os.path.join(args.cache, "tune", variant + tune_tag(variant, args)), args)
     atomic_save(
         {
-            "state_dict": {k: v.half() for k, v in model.trained_state(args.train_from).items()},
+            # float32: the shipped model is the measured one, weight for weight
+            "state_dict": {k: v.float() for k, v in model.trained_state(args.train_from).items()},
             "first_stage": args.train_from,
             "score_range": tuple(base.score_range),
             "recipe": {"name": "robust", "beta": args.trades_beta, "eps": args.trades_eps / 255, "steps": args.trades_steps},
@@ -60,8 +67,9 @@ def main() -> None:
     shipped = surgery.create_model("default").load_imagenet().load_trained(args.out).eval()
     eval_cache = os.path.join(args.cache, "eval")
     rows = []
-    for name, candidate in (("default", base), ("default-robust", shipped)):
-        summary = attack_table(name, candidate, data, base.score_range, eval_cache, strong=args.strong).summaries[0]
+    # under the comparison's names, whose cached attacks on the same weights are reused
+    for name, candidate, compared_as in (("default", base, "original"), ("default-robust", shipped, variant)):
+        summary = attack_table(compared_as, candidate, data, base.score_range, eval_cache, strong=args.strong).summaries[0]
         strong = [f"{a}{d} abs_gain_auc" for a in args.strong for d in ("", " down")]
         rows.append({"model": name, **{k: summary[k] for k in (*COLUMNS, *strong)}})
     print(surgery.Table([], rows).to_markdown())
