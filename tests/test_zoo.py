@@ -110,3 +110,21 @@ def test_pretrained_default_model_prefers_pristine_photos():
         strong = torch.stack([distort(img, kind, 5) for img in images])
         with torch.no_grad():
             assert (model(images) > model(strong)).float().mean() >= 0.8
+
+
+def test_default_robust_ships_beside_the_default_model():
+    """Same architecture, input and score range; only the robust recipe's fine-tuned parts differ,
+    and it still ranks pristine photos above strongly distorted ones."""
+    from surgery.data import distort
+    from surgery.demo import sample_images
+    from surgery.zoo.default import trained_prefixes
+
+    default = surgery.create_model("default", pretrained=True).eval()
+    robust = surgery.create_model("default-robust", pretrained=True).eval()
+    assert robust.score_range == default.score_range
+    changed = {k for k, v in robust.state_dict().items() if not torch.equal(v, default.state_dict()[k])}
+    assert changed and all(k.startswith(trained_prefixes(4)) for k in changed)
+    images = sample_images((224, 224))
+    strong = torch.stack([distort(img, "blur", 5) for img in images])
+    with torch.no_grad():
+        assert (robust(images) > robust(strong)).float().mean() >= 0.8
