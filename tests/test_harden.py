@@ -46,7 +46,7 @@ def original_key(key: str, spliced: list[str]) -> str | None:
     return key
 
 
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "koncept512" else n for n in sorted(BUILDERS)])
 def test_harden_splices_without_disturbing_the_rest(name):
     build, size = BUILDERS[name]
     model = build().eval()
@@ -209,6 +209,7 @@ def test_pyiqa_metric_stays_a_pyiqa_metric():
 
 
 @requires_pyiqa
+@pytest.mark.slow
 def test_pyiqa_tres_hardens_and_runs():
     hardened = harden(surgery.create_model("tres", test_sample=2)).eval()
     assert list(robust_blocks(hardened)) == ["net.model.layer4"]

@@ -108,7 +108,7 @@ def first_output(model, x):
 
 
 @pytest.mark.parametrize("method", ["l2", "pls"])
-@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "koncept512" else n for n in sorted(ZOO)])
 def test_pruned_zoo_model_round_trips_output_for_output(name, method, tmp_path):
     kwargs, size = ZOO[name]
     model = surgery.create_model(name, pretrained=name == "default", **kwargs)
