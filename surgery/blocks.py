@@ -53,6 +53,11 @@ def hidden_width(hidden_channels: int | float | None, channels: int) -> int:
         if not 0 < hidden_channels <= 1:
             raise ValueError(f"hidden_channels as a fraction must be in (0, 1], got {hidden_channels}")
         return max(1, round(hidden_channels * channels))
+    if not 1 <= hidden_channels <= channels:
+        raise ValueError(
+            f"hidden_channels must be between 1 and in_channels={channels}, got {hidden_channels}: the orthogonal "
+            "layer restores the channels and preserves norms only when it does not reduce them"
+        )
     return hidden_channels
 
 
@@ -131,11 +136,6 @@ class RobustBlock(nn.Module):
     ):
         super().__init__()
         hidden_channels = hidden_width(hidden_channels, in_channels)
-        if not 1 <= hidden_channels <= in_channels:
-            raise ValueError(
-                f"hidden_channels must be between 1 and in_channels={in_channels}, got {hidden_channels}: "
-                "the orthogonal layer restores C channels and preserves norms only when it does not reduce them"
-            )
         if not (pooled_size in ("min", "paper", "keep") or (isinstance(pooled_size, int) and pooled_size >= 1)):
             raise ValueError(f"pooled_size must be 'min', 'paper', 'keep' or a positive int, got {pooled_size!r}")
         if pooling not in ("avg", "max"):

@@ -126,12 +126,10 @@ def harden(
                 "(surgery.locate(model) lists them)"
             )
         channels = model_map.in_shape(name)[0]
-        hidden = hidden_width(hidden_channels, channels)
-        if not 1 <= hidden <= channels:
-            raise ValueError(
-                f"hidden_channels={hidden} does not fit the block before {name!r}, which has {channels} channels: "
-                f"choose 1..{channels}"
-            )
+        try:
+            hidden = hidden_width(hidden_channels, channels)
+        except ValueError as err:
+            raise ValueError(f"the block before {name!r} has {channels} channels: {err}") from err
         config.blocks[name] = RobustBlockConfig(
             channels=channels,
             hidden_channels=hidden,
