@@ -41,10 +41,11 @@ VARIANTS = ("original", "control", "described", "paper-code")
 
 
 def resized(data: dict, size: tuple[int, int]) -> dict:
+    """Every (images, mos) pair of ``data`` at ``size``; indices (the attacked subset) as they are."""
     def resize(images: torch.Tensor) -> torch.Tensor:
         return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
-    return {key: (resize(images), mos) for key, (images, mos) in data.items()}
+    return {key: (resize(value[0]), value[1]) if isinstance(value, tuple) else value for key, value in data.items()}
 
 
 def build(variant: str, base: torch.nn.Module, size: tuple[int, int]) -> torch.nn.Module:
