@@ -13,7 +13,8 @@ control, NT and AT, under the paper's attacks and APGD in both directions; the c
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -27,15 +28,14 @@ __all__ = ["Recipe", "RECIPES", "robustify"]
 
 @dataclass(frozen=True)
 class Recipe:
-    """What a recipe does: ``harden`` keywords (None: no block, no pruning), the training
+    """What a recipe does: ``harden`` keywords (None: no block, no pruning) and the training
     defence it fine-tunes with (None: the task loss alone; called with the spread of the
-    training scores, their standard deviation) and its fine-tune defaults."""
+    training scores, their standard deviation)."""
 
     name: str
     description: str
     harden: dict[str, Any] | None = None
     defense: Callable[[float], Defense] | None = None
-    finetune: dict[str, Any] = field(default_factory=dict)
 
 
 BETA = 0.02  # consistency weight, in units of the training scores' variance
@@ -58,6 +58,12 @@ def _score_spread(train: DataSpec) -> float:
     """The standard deviation of the training scores (1.0 when they cannot be read up front)."""
     targets = known_targets(as_dataset(train, "train"))
     if targets is None or targets.numel() < 2 or not float(targets.std()) > 0:
+        warnings.warn(
+            "robustify cannot read the spread of the training scores up front (a Dataset without .targets, or "
+            "constant scores): the consistency penalty is measured in raw score units; pass "
+            "defense=ConsistencyTraining(scale=<their standard deviation>) to fix its scale",
+            stacklevel=3,
+        )
         return 1.0
     return float(targets.std())
 
@@ -89,7 +95,7 @@ def robustify(
         hardened = model if inplace else copy.deepcopy(model)
     else:
         hardened = harden(model, **{**chosen.harden, **(harden_options or {}), "inplace": inplace})
-    options = {**chosen.finetune, **finetune_options}
+    options = dict(finetune_options)
     if chosen.defense is not None and "defense" not in options:
         options["defense"] = chosen.defense(_score_spread(train))
     result = finetune(hardened, train, val, **options)

@@ -102,3 +102,17 @@ def test_orthogonal_layers_keep_their_guarantee_after_training(ortho):
             torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-4, rtol=0)
         else:
             assert ratio.max() <= 1 + 1e-4
+
+
+def test_robustify_warns_when_the_score_spread_is_unknown():
+    images, targets = cluster_data(16, 8)
+
+    class Pairs(torch.utils.data.Dataset):  # no .targets: the spread cannot be read up front
+        def __len__(self):
+            return len(targets)
+
+        def __getitem__(self, i):
+            return images[i], targets[i]
+
+    with pytest.warns(UserWarning, match="spread of the training scores"):
+        surgery.robustify(SmallCNN(), Pairs(), epochs=1, loss="mse", progress=False)
