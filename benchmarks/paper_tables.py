@@ -108,6 +108,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, eval_references: int, at
     parser.add_argument("--lr", type=float, default=3e-4)
 
 
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The strong attacks and consistency-training options this script shares with train_default_robust.py."""
+    parser.add_argument("--strong", nargs="*", default=["apgd-20"], help="strong attacks, run raising and lowering the score")
+    parser.add_argument("--trades-beta", type=float, default=ROBUST.beta, help="consistency weight of the variant 'trades'")
+    parser.add_argument("--trades-eps", type=float, default=ROBUST.eps * 255, help="consistency training's budget, in 1/255")
+    parser.add_argument("--trades-steps", type=int, default=ROBUST.steps, help="consistency training's attack steps")
+
+
 def parse_with_data(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
     if not os.path.isdir(args.data):
@@ -251,11 +259,11 @@ def attack_table(name, model, data, score_range, cache, attacks=("pgd-1", "pgd-8
     """SROCC / PLCC / KROCC on the evaluation images, ``attacks`` on the attacked ones, and
     each ``strong`` attack raising and lowering the score (cached). A lowering attack's
     AbsGain is negative; its summary keeps the size (``"<attack> down abs_gain_auc"``)."""
-    options = {"score_range": score_range, "name": name, "progress": False, "cache": cache, "attack_subset": data["attack_subset"]}
-    table = surgery.evaluate(model, *data["eval"], attacks=[*attacks, *strong], **options)
+    options = {"score_range": score_range, "name": name, "progress": False, "cache": cache}
+    table = surgery.evaluate(model, *data["eval"], attacks=[*attacks, *strong], attack_subset=data["attack_subset"], **options)
     rows, summary = list(table.rows), dict(table.summaries[0])
-    if strong:
-        lowered = surgery.evaluate(model, *data["eval"], attacks=strong, direction="down", **options)
+    if strong:  # on the attacked images alone: the correlations are in the summary already
+        lowered = surgery.evaluate(model, *data["attack"], attacks=strong, direction="down", **options)
         rows += [{**r, "attack": f"{r['attack']} down"} for r in lowered.rows if r.get("attack") in strong]
         summary.update({f"{a} down abs_gain_auc": -lowered.summaries[0][f"{a} abs_gain_auc"] for a in strong})
     return surgery.Table(rows, [summary])
@@ -374,10 +382,7 @@ def main() -> None:
         "control", "cayley", "aol", "aoc", "cayley+l2", "cayley+pls", "nt", "at", "silu", "trades", "cayley+trades",
     ])
     parser.add_argument("--headline", nargs="+", default=["cayley+l2", "trades"], help="the variants the goals are checked on")
-    parser.add_argument("--strong", nargs="*", default=["apgd-20"], help="strong attacks, run raising and lowering the score")
-    parser.add_argument("--trades-beta", type=float, default=ROBUST.beta, help="consistency weight of the variant 'trades'")
-    parser.add_argument("--trades-eps", type=float, default=ROBUST.eps * 255, help="consistency training's budget, in 1/255")
-    parser.add_argument("--trades-steps", type=int, default=ROBUST.steps, help="consistency training's attack steps")
+    add_recipe_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seeded", nargs="+", default=["control", "cayley+l2", "trades"], help="variants repeated over --seeds")
     parser.add_argument("--position", default="auto", help="where the block goes (harden's position)")

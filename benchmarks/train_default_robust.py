@@ -27,7 +27,7 @@ import surgery
 from surgery.files import atomic_save
 from surgery.zoo.default import DEFAULT_ROBUST_WEIGHTS, DEFAULT_WEIGHTS
 
-from paper_tables import ROBUST, add_data_arguments, attack_table, build, fine_tune, load_data, parse_with_data, tune_tag
+from paper_tables import add_data_arguments, add_recipe_arguments, attack_table, build, fine_tune, load_data, parse_with_data, tune_tag
 
 COLUMNS = ("srocc", "plcc", "pgd-1 abs_gain_auc", "pgd-8 abs_gain_auc")
 
@@ -35,10 +35,7 @@ COLUMNS = ("srocc", "plcc", "pgd-1 abs_gain_auc", "pgd-8 abs_gain_auc")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_arguments(parser, eval_references=50, attack_images=100)
-    parser.add_argument("--strong", nargs="*", default=["apgd-20"], help="strong attacks, raising and lowering the score")
-    parser.add_argument("--trades-beta", type=float, default=ROBUST.beta)
-    parser.add_argument("--trades-eps", type=float, default=ROBUST.eps * 255)
-    parser.add_argument("--trades-steps", type=int, default=ROBUST.steps)
+    add_recipe_arguments(parser)
     parser.add_argument("--cache", default=".cache/paper", help="shared with paper_tables.py")
     parser.add_argument("--out", default=DEFAULT_ROBUST_WEIGHTS)
     parser.set_defaults(lr=1e-4)  # finetune's default, which robustify uses
