@@ -13,13 +13,16 @@ trunk before them is neither trained nor pruned, for every variant alike. Varian
 - ``cayley`` / ``aol`` / ``aoc``: RobustBlock with that orthogonal layer + fine-tune;
 - ``cayley+l2`` / ``cayley+pls``: RobustBlock + 10% pruning + fine-tune (the method);
 - ``nt`` / ``at``: fine-tune with gradient-norm regularisation / adversarial training;
-- ``silu``: ReLU6 -> SiLU in the fine-tuned layers (partial replacement) + fine-tune.
+- ``silu``: ReLU6 -> SiLU in the fine-tuned layers (partial replacement) + fine-tune;
+- ``trades`` / ``trades-B``: consistency training (the robust recipe; B its weight);
+- ``distill``: fit the original model's scores of the training images, not their pseudo-MOS;
+- parts joined by ``+`` combine (``cayley+trades``, ``distill+trades-0.02``).
 
 Columns: SROCC/PLCC on the evaluation references; AbsGain and R-Score AUCs of PGD-1 and
 PGD-8 over eps {2,4,6,8,10}/255, AbsGain/R-Score of UAP and stAdv on ``--attack-images``
 of them (one shared score range: the default model's, i.e. the training pseudo-MOS range);
 seconds per fine-tune epoch and ms per image at batch 8. ``--seeds`` repeats the fine-tune
-of ``control`` and ``cayley+l2``; the summary gives mean and spread.
+of the ``--seeded`` variants; the summary gives mean and spread.
 
 Masking checks, per model: random sign noise of 8/255 must raise scores far less than
 PGD-1 of the same budget (AbsGain, signed: noise is a distortion, so it usually lowers them);
@@ -64,7 +67,7 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "
 STAGES = 7  # EfficientNet-Lite0 stages: backbone.blocks.0 .. 6
 BUDGET = 8 / 255  # the masking checks' budget
 ROBUST = RECIPES["robust"].defense(1.0)  # the robust recipe's consistency training: its defaults
-VARIANT_PARTS = ("control", "cayley", "aol", "aoc", "l2", "pls", "nt", "at", "trades", "silu")
+VARIANT_PARTS = ("control", "cayley", "aol", "aoc", "l2", "pls", "nt", "at", "trades", "silu", "distill")
 
 
 def load_data(args) -> dict:
@@ -147,7 +150,9 @@ def build(variant: str, base: torch.nn.Module, data: dict, args, **block) -> tup
 
     A variant is ``+``-joined parts: a block (``cayley``, ``aol``, ``aoc``), pruning of
     it (``l2``, ``pls``), one training defence (``nt``, ``at``, ``trades`` or ``trades-B``
-    with consistency weight B), ``silu``; ``control`` is none of them."""
+    with consistency weight B), ``silu``, ``distill`` (fit the original model's scores of the
+    training images instead of their pseudo-MOS); ``control`` is none of them. The options may
+    hold ``train``, the fine-tune's (images, targets) when they are not ``data["tune"]``."""
     model = copy.deepcopy(base)
     options: dict = {}
     first_stage = args.train_from
@@ -174,6 +179,8 @@ def build(variant: str, base: torch.nn.Module, data: dict, args, **block) -> tup
             beta = float(part.partition("-")[2] or args.trades_beta)
             spread = float(data["tune"][1].std())
             options["defense"] = ConsistencyTraining(eps=args.trades_eps / 255, steps=args.trades_steps, beta=beta, scale=spread)
+        elif part == "distill":
+            options["train"] = (data["tune"][0], scores(base, data["tune"][0], 16))
         elif part == "silu":
             names = [f"backbone.blocks.{i}" for i in range(first_stage, STAGES)] + ["backbone.bn2", "head"]
             replace_activations(model, "silu", modules=names)
@@ -196,8 +203,10 @@ def fine_tune(model, options, data, first_stage, seed, folder, args) -> float:
     params = trainable(model, first_stage)
     for p in params:
         p.requires_grad_(True)
+    options = dict(options)
+    train = options.pop("train", data["tune"])
     result = surgery.finetune(
-        model, data["tune"], data["val"], epochs=args.epochs, lr=args.lr, loss="mse", batch_size=args.batch,
+        model, train, data["val"], epochs=args.epochs, lr=args.lr, loss="mse", batch_size=args.batch,
         parameters=params, seed=seed, checkpoint_dir=folder, progress=False, **options,
     )
     model.eval()
@@ -236,7 +245,7 @@ def masking_checks(name, model, original, table, data, score_range, crafted_on_o
         "model": name,
         "noise abs_gain 8/255": noise_gain,
         "pgd-1 abs_gain 8/255": pgd1_8,
-        "noise / pgd-1": noise_gain / max(pgd1_8, 1e-9),
+        "noise / pgd-1": noise_gain / pgd1_8 if pgd1_8 > 0 else None,  # no ratio when one step does not raise the score
         "pgd-8 >= pgd-1 (all eps)": monotone,
         "pgd-8 abs_gain 8/255": pgd8_8,
     }

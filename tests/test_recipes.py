@@ -85,7 +85,12 @@ def test_recipes_refuse_what_they_cannot_do():
         surgery.robustify(SmallCNN(), (images, targets), recipe="magic")
     with pytest.raises(ValueError, match="adds no block"):
         surgery.robustify(SmallCNN(), (images, targets), recipe="robust", harden_options={"position": -1})
-    assert set(RECIPES) >= {"robust", "paper"}
+    assert set(RECIPES) >= {"robust", "robust-strong", "paper"}
+
+
+def test_the_strong_recipe_penalises_more():
+    robust, strong = (RECIPES[name].defense(0.5) for name in ("robust", "robust-strong"))
+    assert robust.beta < strong.beta and robust.scale == strong.scale == 0.5
 
 
 @pytest.mark.parametrize("ortho", ["cayley", "aoc", "aol"])

@@ -128,3 +128,14 @@ def test_default_robust_ships_beside_the_default_model():
     strong = torch.stack([distort(img, "blur", 5) for img in images])
     with torch.no_grad():
         assert (robust(images) > robust(strong)).float().mean() >= 0.8
+
+
+def test_default_robust_was_made_with_the_robust_recipe():
+    """The shipped weights record the consistency training that made them: the recipe's own."""
+    from surgery.recipes import RECIPES
+    from surgery.zoo.default import DEFAULT_ROBUST_WEIGHTS
+
+    made_with = torch.load(DEFAULT_ROBUST_WEIGHTS, weights_only=True)["recipe"]
+    recipe = RECIPES["robust"].defense(1.0)
+    assert made_with["name"] == "robust"
+    assert (made_with["beta"], made_with["eps"], made_with["steps"]) == pytest.approx((recipe.beta, recipe.eps, recipe.steps))
