@@ -40,23 +40,19 @@ class Recipe:
     defense: Callable[[float], Defense] | None = None
 
 
-def _consistency(beta: float) -> Callable[[float], Defense]:
+def _consistency(name: str, beta: float, note: str = "") -> Recipe:
     """Consistency training as measured on the default model: eps 4/255, 3 steps, ``beta`` in
-    units of the training scores' variance."""
-    return lambda spread: ConsistencyTraining(eps=4 / 255, steps=3, beta=beta, scale=spread)
+    units of the training scores' variance; no block."""
+    return Recipe(
+        name,
+        f"consistency training (TRADES for scores): eps 4/255, 3 steps, beta {beta:g}; no block{note}",
+        defense=lambda spread: ConsistencyTraining(eps=4 / 255, steps=3, beta=beta, scale=spread),
+    )
 
 
 RECIPES: dict[str, Recipe] = {
-    "robust": Recipe(
-        "robust",
-        "consistency training (TRADES for scores): eps 4/255, 3 steps, beta 0.005; no block",
-        defense=_consistency(0.005),
-    ),
-    "robust-strong": Recipe(
-        "robust-strong",
-        "consistency training (TRADES for scores): eps 4/255, 3 steps, beta 0.02; no block (more robust, less accurate)",
-        defense=_consistency(0.02),
-    ),
+    "robust": _consistency("robust", 0.005),
+    "robust-strong": _consistency("robust-strong", 0.02, " (more robust, less accurate)"),
     "paper": Recipe(
         "paper",
         "Meleshin et al.: RobustBlock (Cayley) before the last conv block, 10% l2 pruning, plain fine-tune",
