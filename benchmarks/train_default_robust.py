@@ -1,11 +1,11 @@
 """The weights of ``create_model("default-robust", pretrained=True)``: the default model
-fine-tuned with ``surgery.robustify``'s robust recipe (consistency training), and its
-model card numbers.
+fine-tuned with ``surgery.robustify``'s robust recipe (consistency training, then the
+blend back toward the original), and its model card numbers.
 
-The fine-tune is the paper comparison's ``trades-<beta>`` row at seed 0 (same data, steps,
-learning rate and trained parts as every variant of ``benchmarks/paper_tables.py``; the
-two scripts share their cache, so whichever runs second reuses the fine-tune and the
-attacks). Only the trained parts are written (stages 4-6, the head convolution and the
+The model is the paper comparison's ``blend-<keep>+trades-<beta>`` row at seed 0 (same
+data, steps, learning rate and trained parts as every variant of
+``benchmarks/paper_tables.py``; the two scripts share their cache, so whichever runs
+second reuses the fine-tune and the attacks). Only the trained parts are written (stages 4-6, the head convolution and the
 MLP head), as for the default model but in float32, so the shipped model is exactly the
 one measured. The card is measured on the model loaded back from that file, on the
 held-out references, with the paper's attacks and APGD in both directions.
@@ -25,6 +25,7 @@ import torch
 
 import surgery
 from surgery.files import atomic_save
+from surgery.recipes import RECIPES
 from surgery.zoo.default import DEFAULT_ROBUST_WEIGHTS, DEFAULT_WEIGHTS
 
 from paper_tables import add_data_arguments, add_recipe_arguments, attack_table, build, fine_tune, load_data, parse_with_data, tune_tag
@@ -38,6 +39,7 @@ def main() -> None:
     add_recipe_arguments(parser)
     parser.add_argument("--cache", default=".cache/paper", help="shared with paper_tables.py")
     parser.add_argument("--out", default=DEFAULT_ROBUST_WEIGHTS)
+    parser.add_argument("--blend", type=float, default=RECIPES["robust"].blend, help="fraction of the fine-tune's change kept")
     parser.set_defaults(lr=1e-4)  # finetune's default, which robustify uses
     args = parse_with_data(parser)
     started = time.time()
@@ -46,16 +48,21 @@ def main() -> None:
     args.train_from = torch.load(DEFAULT_WEIGHTS, weights_only=True)["first_stage"]
 
     torch.manual_seed(0)
-    variant = f"trades-{args.trades_beta:g}"  # the comparison's row for this beta: its fine-tune is reused
-    model, options = build(variant, base, data, args)
-    fine_tune(model, options, data, args.train_from, 0, os.path.join(args.cache, "tune", variant + tune_tag(variant, args)), args)
+    trained = f"trades-{args.trades_beta:g}"  # the comparison's rows for this beta and blend: their work is reused
+    variant = f"blend-{args.blend:g}+{trained}"
+    model, options = build(trained, base, data, args)
+    fine_tune(model, options, data, args.train_from, 0, os.path.join(args.cache, "tune", trained + tune_tag(trained, args)), args)
+    surgery.blend(model, base, args.blend)
     atomic_save(
         {
             # float32: the shipped model is the measured one, weight for weight
             "state_dict": {k: v.float() for k, v in model.trained_state(args.train_from).items()},
             "first_stage": args.train_from,
             "score_range": tuple(base.score_range),
-            "recipe": {"name": "robust", "beta": args.trades_beta, "eps": args.trades_eps / 255, "steps": args.trades_steps},
+            "recipe": {
+                "name": "robust", "beta": args.trades_beta, "eps": args.trades_eps / 255, "steps": args.trades_steps,
+                "blend": args.blend,
+            },
         },
         args.out,
     )

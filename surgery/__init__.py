@@ -7,6 +7,7 @@ implements Meleshin, Chistyakova, Antsiferova & Vatolin, "Robustness as
 Architecture: Designing IQA Models to Withstand Adversarial Perturbations".
 """
 from . import attacks, defenses, metrics, ortho
+from .blending import blend
 from .blockmap import locate, positions
 from .blocks import PAPER_CODE_BLOCK, RobustBlock, RobustBlockConfig
 from .evaluation import Table, compare, evaluate
@@ -29,6 +30,7 @@ __all__ = [
     "robust_blocks",
     "prune",
     "finetune",
+    "blend",
     "robustify",
     "evaluate",
     "compare",

@@ -5,8 +5,9 @@ synthetic-distortion set labelled with DSS pseudo-MOS (left halves of the photos
 the fine-tune, right halves for evaluation). The default model is scored and attacked
 (PGD-1, PGD-8, APGD, UAP, stAdv), hardened with the paper's recipe (``surgery.robustify(model, recipe="paper")``: RobustBlock
 + l2 pruning + a short fine-tune, Meleshin et al. §3) and compared, under the same attacks,
-with the shipped ``default-robust`` model (the robust recipe's consistency training, whose
-fine-tune takes longer than a demo; ``benchmarks/train_default_robust.py`` makes it). The
+with the shipped ``default-robust`` model (the robust recipe: consistency training, whose
+fine-tune takes longer than a demo, then the blend back toward the original;
+``benchmarks/train_default_robust.py`` makes it). The
 three are reported side by side with plots.
 The numbers are a demonstration on a handful of images, not a benchmark.
 """

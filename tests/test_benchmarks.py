@@ -21,7 +21,8 @@ def test_paper_tables_writes_every_report(tmp_path, labels):
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "paper_tables.py"), "--references", "20",
         "--eval-references", "1", "--attack-images", "2", "--tune-steps", "1", "--epochs", "1", "--val-images", "4",
-        "--variants", "control", "cayley+pls", "nt", "at", "silu", "trades-2", "distill", "--seeded", "control", "--seeds", "0", "1",
+        "--variants", "control", "cayley+pls", "nt", "at", "silu", "trades-2", "blend-0.5+trades-2", "distill",
+        "--seeded", "control", "--seeds", "0", "1",
         "--headline", "trades-2", "--strong", "apgd-2", "--trades-steps", "1", "--parts", "table", "positions",
         "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
     ]
@@ -29,7 +30,8 @@ def test_paper_tables_writes_every_report(tmp_path, labels):
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
     comparison = (out / "comparison.md").read_text()
-    rows = ("| original |", "| control | 2 |", "| cayley+pls | 1 |", "| nt |", "| at |", "| silu |", "| trades-2 | 1 |", "| distill | 1 |")
+    rows = ("| original |", "| control | 2 |", "| cayley+pls | 1 |", "| nt |", "| at |", "| silu |", "| trades-2 | 1 |",
+            "| blend-0.5+trades-2 | 1 |", "| distill | 1 |")
     for row in rows:
         assert row in comparison
     assert "apgd-2 down abs_gain_auc" in comparison and "trades-2 apgd-2 down AbsGainAUC" in comparison

@@ -10,7 +10,7 @@ import surgery
 from surgery.attacks import PGD, scores
 from surgery.defenses import ConsistencyTraining
 from surgery.recipes import RECIPES
-from tests.models import SmallCNN, snapshot, assert_unchanged
+from tests.models import BatchNormIQA, SmallCNN, snapshot, assert_unchanged
 
 
 class TorchvisionIQA(nn.Module):
@@ -88,9 +88,26 @@ def test_recipes_refuse_what_they_cannot_do():
     assert set(RECIPES) >= {"robust", "robust-strong", "paper"}
 
 
-def test_the_strong_recipe_penalises_more():
+def test_the_strong_recipe_is_the_robust_one_without_the_blend():
     robust, strong = (RECIPES[name].defense(0.5) for name in ("robust", "robust-strong"))
-    assert robust.beta < strong.beta and robust.scale == strong.scale == 0.5
+    assert (robust.beta, robust.eps, robust.steps) == (strong.beta, strong.eps, strong.steps) and robust.scale == 0.5
+    assert 0 < RECIPES["robust"].blend < 1 and RECIPES["robust-strong"].blend is None
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_robustify_blends_back_toward_the_model_as_it_came_in(monkeypatch, inplace):
+    """A recipe that keeps none of its fine-tune's change gives back the original weights;
+    finetune's history is of the model before the blend."""
+    images, targets = cluster_data(16, 8)
+    model = BatchNormIQA()
+    before = snapshot(model)
+    monkeypatch.setitem(RECIPES, "undo", surgery.Recipe("undo", "fine-tune, then keep none of it", blend=0.0))
+    robust, result = surgery.robustify(model, (images, targets), recipe="undo", inplace=inplace, epochs=1, lr=1e-2,
+                                       loss="mse", progress=False)
+    assert (robust is model) == inplace and result.history[0]["train_loss"] > 0
+    for key, value in robust.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, before["state"][key])
 
 
 @pytest.mark.parametrize("ortho", ["cayley", "aoc", "aol"])

@@ -131,7 +131,7 @@ def test_default_robust_ships_beside_the_default_model():
 
 
 def test_default_robust_was_made_with_the_robust_recipe():
-    """The shipped weights record the consistency training that made them: the recipe's own."""
+    """The shipped weights record the consistency training and the blend that made them: the recipe's own."""
     from surgery.recipes import RECIPES
     from surgery.zoo.default import DEFAULT_ROBUST_WEIGHTS
 
@@ -139,3 +139,4 @@ def test_default_robust_was_made_with_the_robust_recipe():
     recipe = RECIPES["robust"].defense(1.0)
     assert made_with["name"] == "robust"
     assert (made_with["beta"], made_with["eps"], made_with["steps"]) == pytest.approx((recipe.beta, recipe.eps, recipe.steps))
+    assert made_with["blend"] == RECIPES["robust"].blend

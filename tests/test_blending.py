@@ -1,0 +1,61 @@
+"""blend: WiSE-FT weight blending of a fine-tuned model with its original."""
+import copy
+
+import pytest
+import torch
+
+import surgery
+from tests.models import BatchNormIQA, SmallCNN
+
+
+def trained_copy(original, seed=1):
+    """A copy with every float tensor moved, as a fine-tune would (BatchNorm statistics too)."""
+    model = copy.deepcopy(original)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            if value.is_floating_point():
+                value.add_(torch.randn(value.shape, generator=generator).abs() + 0.1)
+    return model
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.3, 1.0])
+def test_blend_moves_every_float_tensor_by_the_kept_fraction(keep):
+    original = BatchNormIQA()
+    model = trained_copy(original)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = original.state_dict()
+    assert surgery.blend(model, original, keep) is model
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, reference[key] + keep * (before[key] - reference[key]))
+        else:  # BatchNorm's step counter is not a weight
+            assert torch.equal(value, before[key])
+
+
+def test_blend_at_zero_gives_the_original_scores_and_leaves_the_original_alone():
+    original = BatchNormIQA().eval()
+    snapshot = {k: v.clone() for k, v in original.state_dict().items()}
+    model = trained_copy(original).eval()
+    images = torch.rand(4, 3, 16, 16)
+    surgery.blend(model, original, 0.0)
+    torch.testing.assert_close(model(images), original(images))
+    assert all(torch.equal(v, snapshot[k]) for k, v in original.state_dict().items())
+
+
+def test_blend_keeps_the_tensors_only_the_hardened_model_has():
+    original = SmallCNN()
+    hardened = surgery.harden(original, input_size=(3, 32, 32))
+    block = {k: v.clone() for k, v in hardened.state_dict().items() if ".robust." in k}
+    assert block
+    surgery.blend(hardened, original, 0.5)
+    assert all(torch.equal(hardened.state_dict()[k], v) for k, v in block.items())
+
+
+def test_blend_refuses_a_pruned_model_and_a_keep_outside_zero_one():
+    original = SmallCNN()
+    pruned = surgery.harden(original, input_size=(3, 32, 32), prune="l2", amount=0.25)
+    with pytest.raises(ValueError, match="changed shape.*blend before pruning"):
+        surgery.blend(pruned, original, 0.5)
+    with pytest.raises(ValueError, match=r"keep must be in \[0, 1\]"):
+        surgery.blend(copy.deepcopy(original), original, 1.5)
