@@ -12,29 +12,59 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .blocks import RobustBlock, RobustSplice
+
 __all__ = ["blend"]
+
+
+def _counterparts(model: nn.Module, original: nn.Module) -> dict[str, str]:
+    """``model``'s state names -> ``original``'s, across splices: a module protected by a
+    RobustBlock is ``<path>.original`` in ``model`` and ``<path>`` in an unhardened original."""
+    reference = original.state_dict()
+    spliced = [name for name, m in model.named_modules() if isinstance(m, RobustSplice)]
+    blocks = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, RobustBlock))
+    pairs, unmatched = {}, []
+    for key in model.state_dict():
+        candidates = [key] + [f"{p}.{key[len(p) + len('.original.'):]}" for p in spliced if key.startswith(f"{p}.original.")]
+        found = next((c for c in candidates if c in reference), None)
+        if found is not None:
+            pairs[key] = found
+        elif not key.startswith(blocks):
+            unmatched.append(key)
+    missing = sorted(set(reference) - set(pairs.values()))
+    if unmatched or missing:
+        example = f"{unmatched[0]!r} has no counterpart" if unmatched else f"the original's {missing[0]!r} is missing"
+        raise ValueError(
+            f"cannot blend: the two models are not one architecture ({len(unmatched) + len(missing)} tensors differ; "
+            f"{example}); pass the model the fine-tune started from"
+        )
+    return pairs
 
 
 def blend(model: nn.Module, original: nn.Module, keep: float) -> nn.Module:
     """Blend ``model``'s weights in place with ``original``'s, keeping ``keep`` of their
     difference (1: ``model`` as it is, 0: the original's weights); returns ``model``.
 
-    Tensors only ``model`` has (a spliced RobustBlock) keep their values; integer buffers
-    (BatchNorm's step counters) are left alone. Shared tensors must have the same shape:
-    a pruned model cannot be blended with its unpruned original.
+    ``original`` is the model the fine-tune started from, hardened or not: the weights of a
+    spliced RobustBlock, which it lacks, keep their values. Integer buffers (BatchNorm's step
+    counters) are left alone. Shared tensors must have the same shape: a pruned model cannot
+    be blended with its unpruned original.
     """
     if not 0.0 <= keep <= 1.0:
         raise ValueError(f"keep must be in [0, 1] (the fraction of the fine-tune's change kept), got {keep}")
     reference = original.state_dict()
     state = model.state_dict()
-    clashes = [k for k, v in state.items() if k in reference and reference[k].shape != v.shape]
+    pairs = _counterparts(model, original)
+    clashes = [k for k, r in pairs.items() if reference[r].shape != state[k].shape]
     if clashes:
+        key = clashes[0]
         raise ValueError(
-            f"cannot blend: {len(clashes)} tensors changed shape, e.g. {clashes[0]!r} "
-            f"{tuple(reference[clashes[0]].shape)} -> {tuple(state[clashes[0]].shape)} (pruned?); blend before pruning"
+            f"cannot blend: {len(clashes)} tensors changed shape, e.g. {key!r} "
+            f"{tuple(reference[pairs[key]].shape)} -> {tuple(state[key].shape)} (pruned?); blend before pruning"
         )
     with torch.no_grad():
-        for key, value in state.items():
-            if key in reference and value.is_floating_point():
-                value.lerp_(reference[key].to(value.device, value.dtype), 1.0 - keep)
+        for key, source in pairs.items():
+            value = state[key]
+            if value.is_floating_point():
+                value.lerp_(reference[source].to(value.device, value.dtype), 1.0 - keep)
     return model

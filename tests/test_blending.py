@@ -43,19 +43,27 @@ def test_blend_at_zero_gives_the_original_scores_and_leaves_the_original_alone()
     assert all(torch.equal(v, snapshot[k]) for k, v in original.state_dict().items())
 
 
-def test_blend_keeps_the_tensors_only_the_hardened_model_has():
+def test_blend_of_a_hardened_model_reaches_its_protected_block_and_keeps_the_robust_block():
+    """The protected module is ``<path>.original`` after the splice: it is blended too."""
     original = SmallCNN()
-    hardened = surgery.harden(original, input_size=(3, 32, 32))
+    hardened = trained_copy(surgery.harden(original, input_size=(3, 32, 32)))
     block = {k: v.clone() for k, v in hardened.state_dict().items() if ".robust." in k}
-    assert block
-    surgery.blend(hardened, original, 0.5)
-    assert all(torch.equal(hardened.state_dict()[k], v) for k, v in block.items())
+    assert block and any(".original." in k for k in hardened.state_dict())
+    surgery.blend(hardened, original, 0.0)
+    reference = original.state_dict()
+    for key, value in hardened.state_dict().items():
+        if key in block:
+            assert torch.equal(value, block[key])
+        else:
+            torch.testing.assert_close(value, reference[key.replace(".original.", ".")])
 
 
-def test_blend_refuses_a_pruned_model_and_a_keep_outside_zero_one():
+def test_blend_refuses_a_pruned_model_another_architecture_and_a_keep_outside_zero_one():
     original = SmallCNN()
     pruned = surgery.harden(original, input_size=(3, 32, 32), prune="l2", amount=0.25)
     with pytest.raises(ValueError, match="changed shape.*blend before pruning"):
         surgery.blend(pruned, original, 0.5)
     with pytest.raises(ValueError, match=r"keep must be in \[0, 1\]"):
         surgery.blend(copy.deepcopy(original), original, 1.5)
+    with pytest.raises(ValueError, match="not one architecture.*the model the fine-tune started from"):
+        surgery.blend(BatchNormIQA(), original, 0.5)
