@@ -5,9 +5,9 @@ blend back toward the original), and its model card numbers.
 The model is the paper comparison's ``blend-<keep>+trades-<beta>`` row at seed 0 (same
 data, steps, learning rate and trained parts as every variant of
 ``benchmarks/paper_tables.py``; the two scripts share their cache, so whichever runs
-second reuses the fine-tune and the attacks). Only the trained parts are written (stages 4-6, the head convolution and the
-MLP head), as for the default model but in float32, so the shipped model is exactly the
-one measured. The card is measured on the model loaded back from that file, on the
+second reuses the fine-tune and the attacks). Only the trained parts are written (stages
+4-6, the head convolution and the MLP head), as for the default model but in float32, so
+the shipped model is exactly the one measured. The card is measured on the model loaded back from that file, on the
 held-out references, with the paper's attacks and APGD in both directions.
 
     python benchmarks/train_default_robust.py --attack-images 16 --eval-references 30
