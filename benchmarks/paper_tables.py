@@ -212,6 +212,12 @@ def tune_tag(variant: str, args) -> str:
     return tag
 
 
+def tune_folder(variant: str, args, seed: int | None = None) -> str:
+    """Where a variant's fine-tune is cached; ``seed`` None for the first seed's run."""
+    name = variant if seed is None else f"{variant}-s{seed}"
+    return os.path.join(args.cache, "tune", name + tune_tag(variant, args))
+
+
 def fine_tune(model, options, data, first_stage, seed, folder, args) -> float:
     """Fine-tune in place; seconds per epoch (from the run, or the cached run's history)."""
     for p in model.parameters():
@@ -462,8 +468,7 @@ def comparison(base, data, score_range, args, started) -> list[str]:
             trained, keep = split_blend(variant)
             torch.manual_seed(seed)
             model, options = build(trained, base, data, args)
-            tune_name = trained if seed == args.seeds[0] else f"{trained}-s{seed}"
-            folder = os.path.join(args.cache, "tune", tune_name + tune_tag(trained, args))
+            folder = tune_folder(trained, args, None if seed == args.seeds[0] else seed)
             epoch_s = fine_tune(model, options, data, args.train_from, seed, folder, args)
             if keep is not None:
                 surgery.blend(model, base, keep)

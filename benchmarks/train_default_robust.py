@@ -7,8 +7,9 @@ data, steps, learning rate and trained parts as every variant of
 ``benchmarks/paper_tables.py``; the two scripts share their cache, so whichever runs
 second reuses the fine-tune and the attacks). Only the trained parts are written (stages
 4-6, the head convolution and the MLP head), as for the default model but in float32, so
-the shipped model is exactly the one measured. The card is measured on the model loaded back from that file, on the
-held-out references, with the paper's attacks and APGD in both directions.
+the shipped model is exactly the one measured. The card is measured on the model loaded
+back from that file, on the held-out references, with the paper's attacks and APGD in both
+directions.
 
     python benchmarks/train_default_robust.py --attack-images 16 --eval-references 30
 
@@ -28,7 +29,7 @@ from surgery.files import atomic_save
 from surgery.recipes import RECIPES
 from surgery.zoo.default import DEFAULT_ROBUST_WEIGHTS, DEFAULT_WEIGHTS
 
-from paper_tables import add_data_arguments, add_recipe_arguments, attack_table, build, fine_tune, load_data, parse_with_data, tune_tag
+from paper_tables import add_data_arguments, add_recipe_arguments, attack_table, build, fine_tune, load_data, parse_with_data, tune_folder
 
 COLUMNS = ("srocc", "plcc", "pgd-1 abs_gain_auc", "pgd-8 abs_gain_auc")
 
@@ -51,7 +52,7 @@ def main() -> None:
     trained = f"trades-{args.trades_beta:g}"  # the comparison's rows for this beta and blend: their work is reused
     variant = f"blend-{args.blend:g}+{trained}"
     model, options = build(trained, base, data, args)
-    fine_tune(model, options, data, args.train_from, 0, os.path.join(args.cache, "tune", trained + tune_tag(trained, args)), args)
+    fine_tune(model, options, data, args.train_from, 0, tune_folder(trained, args), args)
     surgery.blend(model, base, args.blend)
     atomic_save(
         {

@@ -17,14 +17,13 @@ from .blocks import RobustBlock, RobustSplice
 __all__ = ["blend"]
 
 
-def _counterparts(model: nn.Module, original: nn.Module) -> dict[str, str]:
-    """``model``'s state names -> ``original``'s, across splices: a module protected by a
-    RobustBlock is ``<path>.original`` in ``model`` and ``<path>`` in an unhardened original."""
-    reference = original.state_dict()
+def _counterparts(model: nn.Module, state: dict, reference: dict) -> dict[str, str]:
+    """``model``'s state names -> its original's (``reference``), across splices: a module protected
+    by a RobustBlock is ``<path>.original`` in ``model`` and ``<path>`` in an unhardened original."""
     spliced = [name for name, m in model.named_modules() if isinstance(m, RobustSplice)]
     blocks = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, RobustBlock))
     pairs, unmatched = {}, []
-    for key in model.state_dict():
+    for key in state:
         candidates = [key] + [f"{p}.{key[len(p) + len('.original.'):]}" for p in spliced if key.startswith(f"{p}.original.")]
         found = next((c for c in candidates if c in reference), None)
         if found is not None:
@@ -54,7 +53,7 @@ def blend(model: nn.Module, original: nn.Module, keep: float) -> nn.Module:
         raise ValueError(f"keep must be in [0, 1] (the fraction of the fine-tune's change kept), got {keep}")
     reference = original.state_dict()
     state = model.state_dict()
-    pairs = _counterparts(model, original)
+    pairs = _counterparts(model, state, reference)
     clashes = [k for k, r in pairs.items() if reference[r].shape != state[k].shape]
     if clashes:
         key = clashes[0]
