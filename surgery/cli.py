@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+from torch import nn
+
 import surgery
 from surgery.evaluation import DEFAULT_ATTACKS, resolve_attacks
 from surgery.ortho import ortho_names
@@ -32,10 +34,31 @@ def _model_kwargs(pairs: list[str]) -> dict:
     return kwargs
 
 
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}") from None
+    if not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (exclusive), got {number:g}")
+    return number
+
+
 def _position(value: str):
     parts = [p.strip() for p in value.split(",")]
     parsed = [int(p) if p.lstrip("-").isdigit() else p for p in parts]
     return parsed[0] if len(parsed) == 1 else parsed
+
+
+TABLE_SUFFIXES = (".csv", ".md", ".json")
+
+
+def _table_path(value: str) -> str:
+    if os.path.splitext(value)[1].lower() not in TABLE_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"expected a path ending in {', '.join(TABLE_SUFFIXES)} (the table is written in all three formats), got {value!r}"
+        )
+    return value
 
 
 def _positive_int(value: str) -> int:
@@ -87,8 +110,16 @@ def _parser() -> argparse.ArgumentParser:
     def add_model_args(p):
         p.add_argument("model", help=f"zoo model name: {', '.join(surgery.list_models())}")
         p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="constructor argument")
-        p.add_argument("--checkpoint", help="state_dict to load into the model first")
+        add_weights_args(p)
         p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="example input size")
+
+    def add_weights_args(p):
+        p.add_argument("--checkpoint", help="state_dict to load into the zoo model (your trained weights)")
+        p.add_argument(
+            "--random-weights", action="store_true",
+            help="build zoo models with random weights (their scores mean nothing); without it, a zoo model loads "
+            "the weights that ship with it, or needs --checkpoint",
+        )
 
     p_harden = sub.add_parser("harden", help="splice RobustBlocks into a zoo model and save it")
     add_debug(p_harden)
@@ -96,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     p_harden.add_argument("--position", default="auto", type=_position, help="'auto', a block number, a module name, or a comma list")
     p_harden.add_argument("--ortho", default="cayley", choices=ortho_names(), help="orthogonal convolution")
     p_harden.add_argument("--prune", choices=("l2",), help="remove about --amount of the weights after splicing")
-    p_harden.add_argument("--amount", type=float, default=0.10, help="fraction of the weights --prune removes")
+    p_harden.add_argument("--amount", type=_fraction, help="fraction of the weights --prune removes (default 0.10)")
     p_harden.add_argument("--paper-code-block", action="store_true", help="the block as the paper's code builds it")
     p_harden.add_argument("--out", required=True, help="where to save the hardened model")
 
@@ -112,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     add_debug(p_eval)
     p_eval.add_argument("models", nargs="+", help="zoo model names or files saved by 'surgery harden'")
     p_eval.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="for zoo models")
+    add_weights_args(p_eval)
     p_eval.add_argument("--images", required=True, help="folder of images")
     p_eval.add_argument("--csv", help="CSV listing the images (and their MOS)")
     p_eval.add_argument("--image-column", default="image")
@@ -126,7 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_eval.add_argument("--batch-size", type=_positive_int, default=8)
     p_eval.add_argument("--cache", help="folder to resume interrupted sweeps from")
-    p_eval.add_argument("--out", default="results.csv", help=".csv, .md or .json (all three are written beside it)")
+    p_eval.add_argument(
+        "--out", default="results.csv", type=_table_path,
+        help="a .csv, .md or .json path; the table is written in all three formats beside it (same stem)",
+    )
     p_eval.add_argument("--plots", help="folder for the AbsGain-vs-eps and trade-off plots")
 
     p_models = sub.add_parser("models", help="list the zoo models")
@@ -150,36 +185,92 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "eval":
         return _evaluate(args)
     if args.command == "models":
-        print("\n".join(surgery.list_models(args.filter, pretrained=args.pretrained)))
+        names = surgery.list_models(args.filter, pretrained=args.pretrained)
+        if not names:
+            kind = "pretrained model" if args.pretrained else "model"
+            print(f"surgery: error: no {kind} matches {args.filter!r}; 'surgery models' lists them all", file=sys.stderr)
+            return 1
+        print("\n".join(names))
         return 0
     if args.command == "describe":
         print(surgery.describe(surgery.load(args.path)))
         return 0
-    model = _zoo_model(args.model, _model_kwargs(args.model_arg), args.checkpoint)
+    if args.command == "harden" and args.amount is not None and args.prune is None:
+        raise UsageError("--amount sets how much --prune removes: add --prune l2, or drop --amount")
+    model, _ = _zoo_model(args.model, _model_kwargs(args.model_arg), args.checkpoint, args.random_weights)
+    model_map = surgery.locate(model, input_size=args.input_size)
     if args.command == "locate":
-        print(surgery.locate(model, input_size=args.input_size))
+        print(model_map)
         return 0
+    try:
+        model_map.resolve(args.position)
+    except ValueError as err:
+        raise UsageError(f"--position: {str(err).splitlines()[0]} ('surgery locate {args.model}' lists the blocks)") from err
     block = dict(surgery.PAPER_CODE_BLOCK) if args.paper_code_block else {"ortho": args.ortho}
-    robust = surgery.harden(
-        model, position=args.position, input_size=args.input_size, prune=args.prune, amount=args.amount, **block
-    )
+    amount = {} if args.amount is None else {"amount": args.amount}
+    robust = surgery.harden(model, position=args.position, input_size=args.input_size, prune=args.prune, **amount, **block)
     surgery.save(robust, args.out)
     print(surgery.describe(robust))
     print(f"saved to {args.out}")
     return 0
 
 
-def _zoo_model(name: str, kwargs: dict, checkpoint: str | None = None):
+RANDOM_WEIGHTS = "random weights"
+
+
+def _pretrained(name: str, kwargs: dict, checkpoint: str | None, random_weights: bool) -> bool:
+    """Whether to load the weights that ship with a zoo model: yes unless asked otherwise, and a
+    model that has none needs the user's checkpoint or an explicit ``--random-weights``."""
+    ships = name.lower() in surgery.list_models(pretrained=True)
+    asked = kwargs.pop("pretrained", None)
+    if asked is not None and not isinstance(asked, bool):
+        raise UsageError(f"--model-arg pretrained must be true or false, got {asked!r}")
+    if asked and not ships:
+        raise UsageError(f"no weights ship for {name!r}: pass --checkpoint FILE with yours")
+    if random_weights and (asked or checkpoint):
+        raise UsageError("--random-weights contradicts " + ("--checkpoint" if checkpoint else "pretrained=true"))
+    if asked is False:
+        random_weights = True
+    if not ships and checkpoint is None and not random_weights:
+        raise UsageError(
+            f"no weights ship for {name!r} and nothing is downloaded: pass --checkpoint FILE with its trained weights, "
+            "or --random-weights to use random ones (their scores mean nothing)"
+        )
+    if random_weights and checkpoint is None:
+        print(f"surgery: warning: {name} has random weights (--random-weights): its scores mean nothing", file=sys.stderr)
+    return ships and not random_weights
+
+
+def _zoo_model(name: str, kwargs: dict, checkpoint: str | None = None, random_weights: bool = False) -> tuple[nn.Module, bool]:
+    """A zoo model with its weights, and whether they are random."""
     if name.lower() not in surgery.list_models():
         raise UsageError(f"unknown model {name!r}: choose one of {', '.join(surgery.list_models())} or pass a saved file")
+    kwargs = dict(kwargs)
+    pretrained = _pretrained(name, kwargs, checkpoint, random_weights)
     try:
-        return surgery.create_model(name, checkpoint=checkpoint, **kwargs)
+        model = surgery.create_model(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
     except TypeError as err:
         raise UsageError(f"{name} does not take --model-arg {sorted(kwargs)}: {err}") from err
+    return model, not pretrained and checkpoint is None
 
 
-def _load_model(spec: str, kwargs: dict):
-    return surgery.load(spec) if os.path.isfile(spec) else _zoo_model(spec, kwargs)
+def _model_names(specs: list[str]) -> list[str]:
+    """One table name per model: the file stem, or as much of the path as tells two files
+    apart (``runA/best``, ``runB/best``); the same model named twice is refused."""
+    if len(set(specs)) != len(specs):
+        twice = sorted({s for s in specs if specs.count(s) > 1})
+        raise UsageError(f"model(s) {', '.join(twice)} given more than once")
+    stems = [os.path.splitext(os.path.normpath(s))[0] for s in specs]
+    parts = [stem.split(os.sep) for stem in stems]
+    depth = 1
+    while True:
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names) or depth >= max(len(p) for p in parts):
+            break
+        depth += 1
+    if len(set(names)) != len(names):  # e.g. "a.pt" and "a.pth": keep the whole paths
+        names = [os.path.normpath(s) for s in specs]
+    return names
 
 
 def _evaluate(args) -> int:
@@ -193,14 +284,24 @@ def _evaluate(args) -> int:
     channels, height, width = args.input_size
     if channels != 3 or min(height, width) < 1:
         raise UsageError(f"--input-size must be 3 H W with H, W >= 1 (images are read as RGB), got {' '.join(map(str, args.input_size))}")
+    zoo = [m for m in args.models if not os.path.isfile(m)]
+    if args.checkpoint and len(zoo) != 1:
+        raise UsageError(f"--checkpoint loads into one zoo model, but {len(zoo)} are named ({', '.join(zoo) or 'none'})")
+    names = _model_names(args.models)
+    models = {}
+    for name, spec in zip(names, args.models):
+        if os.path.isfile(spec):
+            models[name] = surgery.load(spec).eval()
+            continue
+        model, random_weights = _zoo_model(spec, _model_kwargs(args.model_arg), args.checkpoint, args.random_weights)
+        models[f"{name} ({RANDOM_WEIGHTS})" if random_weights else name] = model.eval()
     dataset = ImageFolder(args.images, args.csv, args.image_column, args.score_column, size=(height, width))
     images, mos = dataset.tensors()
     if args.limit:
         images, mos = images[: args.limit], None if mos is None else mos[: args.limit]
-    models = {os.path.splitext(os.path.basename(m))[0]: _load_model(m, _model_kwargs(args.model_arg)).eval() for m in args.models}
     table = surgery.compare(models, images, mos, args.attacks, batch_size=args.batch_size, cache=args.cache)
     stem = os.path.splitext(args.out)[0]
-    for suffix in (".csv", ".md", ".json"):
+    for suffix in TABLE_SUFFIXES:
         table.write(stem + suffix)
     print(table.to_markdown())
     if args.plots:

@@ -23,6 +23,7 @@ __all__ = ["save", "load"]
 
 FORMAT = "surgery.model.v2"
 _READABLE = ("surgery.model.v1", FORMAT)  # v1: no pruning record, no score range
+_RECORDS = ("model", "harden", "state_dict")  # what every readable format holds
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> None:
@@ -65,6 +66,10 @@ def load(
         raise ValueError(f"{path!r} is not a readable weights-only surgery file: {err}") from err
     if not isinstance(data, dict) or data.get("format") not in _READABLE:
         raise ValueError(f"{path!r} was not written by surgery.save (format {FORMAT!r} expected)")
+    missing = [key for key in _RECORDS if key not in data]
+    if missing or not isinstance(data["state_dict"], dict):
+        lacks = ", ".join(missing) if missing else "state_dict (not a dict)"
+        raise ValueError(f"{path!r} has the surgery format tag but lacks {lacks}: it is damaged; save the model again")
     if model is None:
         spec = data["model"]
         if spec is None:

@@ -3,20 +3,22 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from surgery.cli import main
+import surgery
+from surgery.cli import _model_names, main
 
 
 def test_harden_then_describe(tmp_path, capsys):
     out = tmp_path / "hardened.pt"
-    assert main(["harden", "linearity", "--model-arg", "arch=resnet18", "--input-size", "3", "64", "64", "--out", str(out)]) == 0
+    assert main(["harden", "linearity", "--random-weights", "--model-arg", "arch=resnet18", "--input-size", "3", "64", "64", "--out", str(out)]) == 0
     assert out.exists() and "saved to" in capsys.readouterr().out
     assert main(["describe", str(out)]) == 0
     assert "before features.7" in capsys.readouterr().out
 
 
 def test_locate_lists_blocks(capsys):
-    assert main(["locate", "timm-iqa", "--model-arg", "backbone=resnet18", "--input-size", "3", "64", "64"]) == 0
+    assert main(["locate", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--input-size", "3", "64", "64"]) == 0
     assert "backbone.layer4" in capsys.readouterr().out
 
 
@@ -46,7 +48,7 @@ def test_eval_writes_tables_and_plots(tmp_path, capsys):
     (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "res.csv"
     code = main([
-        "eval", "timm-iqa", "--model-arg", "backbone=resnet18", "--images", str(folder), "--csv", str(tmp_path / "scores.csv"),
+        "eval", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder), "--csv", str(tmp_path / "scores.csv"),
         "--score-column", "mos", "--input-size", "3", "32", "32", "--attacks", "pgd-1", "--out", str(out),
         "--plots", str(tmp_path / "plots"),
     ])
@@ -69,10 +71,21 @@ def test_demo_halves_are_disjoint_photo_parts():
 BAD_INVOCATIONS = [  # (arguments, exit code, what the one line must say)
     (["harden", "nosuch", "--out", "x.pt"], 2, "unknown model 'nosuch'"),
     (["harden", "timm-iqa", "--model-arg", "backbone", "--out", "x.pt"], 2, "KEY=VALUE"),
-    (["harden", "timm-iqa", "--model-arg", "colour=red", "--out", "x.pt"], 2, "does not take --model-arg"),
+    (["harden", "timm-iqa", "--random-weights", "--model-arg", "colour=red", "--out", "x.pt"], 2, "does not take --model-arg"),
     (["harden", "timm-iqa", "--ortho", "householder", "--out", "x.pt"], 2, "invalid choice"),
-    (["harden", "timm-iqa", "--model-arg", "backbone=resnet18", "--input-size", "3", "64", "64", "--position", "layer9",
-      "--out", "x.pt"], 1, "layer9"),
+    (["harden", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--input-size", "3", "64", "64",
+      "--position", "layer9", "--out", "x.pt"], 2, "--position: position 'layer9' is not a module"),
+    (["harden", "default", "--input-size", "3", "64", "64", "--position", "99", "--out", "x.pt"], 2, "position 99 does not"),
+    (["harden", "linearity", "--out", "x.pt"], 2, "no weights ship for 'linearity'"),
+    (["harden", "default", "--amount", "0.2", "--out", "x.pt"], 2, "--amount sets how much --prune removes"),
+    (["harden", "default", "--prune", "l2", "--amount", "1.5", "--out", "x.pt"], 2, "--amount: expected a fraction"),
+    (["harden", "default", "--model-arg", "pretrained=maybe", "--out", "x.pt"], 2, "pretrained must be true or false"),
+    (["harden", "default", "--random-weights", "--checkpoint", "c.pt", "--out", "x.pt"], 2, "--random-weights contradicts"),
+    (["models", "zzz"], 1, "no model matches 'zzz'"),
+    (["eval", "default", "--images", ".", "--out", "res.txt"], 2, "--out: expected a path ending in .csv"),
+    (["eval", "default", "default", "--images", "."], 2, "given more than once"),
+    (["eval", "default", "default-robust", "--checkpoint", "c.pt", "--images", "."], 2, "--checkpoint loads into one"),
+    (["describe", "no-records.pt"], 1, "lacks model, harden, state_dict"),
     (["describe", "missing.pt"], 1, "no saved model"),
     (["describe", "not-a-model.pt"], 1, "not a readable weights-only surgery file"),
     (["eval", "default", "--images", "photos"], 1, "image folder 'photos' does not exist"),
@@ -90,6 +103,7 @@ def test_user_mistakes_get_one_line_and_an_exit_code(arguments, code, says, tmp_
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SURGERY_DEBUG", raising=False)
     (tmp_path / "not-a-model.pt").write_text("text")
+    torch.save({"format": "surgery.model.v2"}, tmp_path / "no-records.pt")
     try:
         returned = main(arguments)
     except SystemExit as exit_:  # argparse's own usage errors
@@ -119,3 +133,80 @@ def test_harden_prunes_and_builds_the_paper_code_block(tmp_path, capsys):
     assert code == 0
     shown = capsys.readouterr().out
     assert "max pool -> paper" in shown and "l2 pruning" in shown and "frozen" in shown
+
+
+def _photos(tmp_path, count=4, size=(20, 24)):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["image,mos"]
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{i + 1}")
+    (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
+    return folder, tmp_path / "scores.csv"
+
+
+@pytest.mark.parametrize("name", ["default", "default-robust"])
+def test_zoo_models_with_shipped_weights_load_them(name, monkeypatch):
+    """`surgery harden/eval default` used to build the model with random weights."""
+    from surgery.cli import _zoo_model
+
+    model, random_weights = _zoo_model(name, {})
+    shipped = surgery.create_model(name, pretrained=True)
+    assert not random_weights
+    for key, value in shipped.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    _, random_weights = _zoo_model(name, {}, random_weights=True)
+    assert random_weights
+
+
+def test_harden_default_saves_the_trained_model(tmp_path):
+    out = tmp_path / "h.pt"
+    assert main(["harden", "default", "--input-size", "3", "64", "64", "--out", str(out)]) == 0
+    hardened = surgery.load(out)
+    shipped = surgery.create_model("default", pretrained=True)
+    for key, value in shipped.head.state_dict().items():
+        assert torch.equal(hardened.head.state_dict()[key], value), key
+
+
+def test_eval_says_when_a_model_has_random_weights(tmp_path, capsys):
+    folder, scores = _photos(tmp_path)
+    out = tmp_path / "res.json"
+    code = main([
+        "eval", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder), "--csv",
+        str(scores), "--score-column", "mos", "--input-size", "3", "32", "32", "--attacks", "pgd-1", "--out", str(out),
+    ])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "timm-iqa has random weights" in captured.err
+    assert "timm-iqa (random weights)" in captured.out
+
+
+def test_eval_keeps_models_with_the_same_file_name_apart(tmp_path, capsys):
+    """`surgery eval runA/best.pt runB/best.pt` used to print one row named "best"."""
+    folder, scores = _photos(tmp_path)
+    for run in ("runA", "runB"):
+        (tmp_path / run).mkdir()
+        surgery.save(surgery.create_model("default", pretrained=True), tmp_path / run / "best.pt")
+    out = tmp_path / "res.csv"
+    code = main([
+        "eval", str(tmp_path / "runA" / "best.pt"), str(tmp_path / "runB" / "best.pt"), "--images", str(folder), "--csv",
+        str(scores), "--score-column", "mos", "--input-size", "3", "32", "32", "--attacks", "pgd-1", "--out", str(out),
+    ])
+    assert code == 0
+    rows = out.read_text().splitlines()
+    assert any(row.startswith("runA/best,") for row in rows) and any(row.startswith("runB/best,") for row in rows)
+
+
+@pytest.mark.parametrize("specs,names", [
+    (["default", "a/best.pt"], ["default", "best"]),
+    (["x/runA/best.pt", "x/runB/best.pt"], ["runA/best", "runB/best"]),
+    (["a/b/m.pt", "c/b/m.pt"], ["a/b/m", "c/b/m"]),
+    (["m.pt", "m.pth"], ["m.pt", "m.pth"]),
+])
+def test_model_names_tell_files_apart(specs, names):
+    assert _model_names(specs) == names
