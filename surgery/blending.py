@@ -14,12 +14,13 @@ from torch import nn
 
 from .blocks import RobustBlock, RobustSplice
 
-__all__ = ["blend"]
+__all__ = ["blend", "counterparts"]
 
 
-def _counterparts(model: nn.Module, state: dict, reference: dict) -> dict[str, str]:
-    """``model``'s state names -> its original's (``reference``), across splices: a module protected
-    by a RobustBlock is ``<path>.original`` in ``model`` and ``<path>`` in an unhardened original."""
+def counterparts(model: nn.Module, state: dict, reference: dict) -> dict[str, str]:
+    """``model``'s state names -> its original's (``reference``: the original's state names), across
+    splices: a module protected by a RobustBlock is ``<path>.original`` in ``model`` and ``<path>`` in
+    an unhardened original."""
     spliced = [name for name, m in model.named_modules() if isinstance(m, RobustSplice)]
     blocks = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, RobustBlock))
     pairs, unmatched = {}, []
@@ -53,7 +54,7 @@ def blend(model: nn.Module, original: nn.Module, keep: float) -> nn.Module:
         raise ValueError(f"keep must be in [0, 1] (the fraction of the fine-tune's change kept), got {keep}")
     reference = original.state_dict()
     state = model.state_dict()
-    pairs = _counterparts(model, state, reference)
+    pairs = counterparts(model, state, reference)
     clashes = [k for k, r in pairs.items() if reference[r].shape != state[k].shape]
     if clashes:
         key = clashes[0]

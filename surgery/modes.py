@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["preserved_modes", "eval_mode", "frozen", "measuring", "state_copy"]
+__all__ = ["preserved_modes", "eval_mode", "frozen", "measuring", "state_copy", "restored_on_error"]
 
 
 @contextlib.contextmanager
@@ -65,3 +65,25 @@ def measuring(model: nn.Module) -> Iterator[nn.Module]:
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of every parameter and buffer, to give a model back its weights after a failure."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+@contextlib.contextmanager
+def restored_on_error(model: nn.Module) -> Iterator[nn.Module]:
+    """On an error or an interrupt inside, give ``model`` back exactly as it came: the same
+    submodule objects in the same places with their own attributes (a splice or pruning
+    replaces children, tensors and widths), then the weights and buffers it had."""
+    snapshot = []
+    for module in model.modules():
+        attributes = dict(vars(module))
+        for key in ("_modules", "_parameters", "_buffers"):
+            attributes[key] = dict(attributes[key])
+        snapshot.append((module, attributes))
+    values = state_copy(model)
+    try:
+        yield model
+    except BaseException:
+        for module, attributes in snapshot:
+            vars(module).clear()
+            vars(module).update(attributes)
+        model.load_state_dict(values)
+        raise

@@ -15,16 +15,19 @@ weaker penalty for the same robustness.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
-from .blending import blend
+from .blending import blend, counterparts
 from .defenses import ConsistencyTraining, Defense
 from .hardening import harden
+from .modes import restored_on_error
 from .training import DataSpec, FinetuneResult, as_dataset, finetune, known_targets
 
 __all__ = ["Recipe", "RECIPES", "robustify"]
@@ -70,6 +73,9 @@ RECIPES: dict[str, Recipe] = {
 def _score_spread(train: DataSpec) -> float:
     """The standard deviation of the training scores (1.0 when they cannot be read up front)."""
     targets = known_targets(as_dataset(train, "train"))
+    if targets is not None and not torch.isfinite(targets).all():
+        bad = (~torch.isfinite(targets)).nonzero().flatten().tolist()
+        raise ValueError(f"training image(s) {bad[:10]} have NaN or inf scores: fix or drop those labels")
     if targets is None or targets.numel() < 2 or not float(targets.std()) > 0:
         warnings.warn(
             "robustify cannot read the spread of the training scores up front (a Dataset without .targets, or "
@@ -79,6 +85,30 @@ def _score_spread(train: DataSpec) -> float:
         )
         return 1.0
     return float(targets.std())
+
+
+def _parameter_names(model: nn.Module, parameters) -> list[str] | None:
+    """The names in ``model`` of the tensors given as ``parameters=`` (None: not given)."""
+    if parameters is None:
+        return None
+    names = {id(p): name for name, p in model.named_parameters()}
+    given = list(parameters)
+    foreign = sum(id(p) not in names for p in given)
+    if foreign:
+        raise ValueError(
+            f"{foreign} of the {len(given)} tensors in parameters= are not parameters of the model passed to robustify: "
+            "pass tensors of that model (e.g. model.head.parameters())"
+        )
+    return [names[id(p)] for p in given]
+
+
+def _same_parameters(hardened: nn.Module, original_names: dict, trained: list[str]) -> list[nn.Parameter]:
+    """The hardened copy's tensors that stand for the original's ``trained`` ones (by name, across
+    the copy, a splice and pruning, which replace the tensor objects)."""
+    own = dict(hardened.named_parameters())
+    original_of = counterparts(hardened, dict.fromkeys(hardened.state_dict()), original_names)
+    copy_of = {source: key for key, source in original_of.items()}
+    return [own[copy_of[name]] for name in trained]
 
 
 def robustify(
@@ -97,25 +127,32 @@ def robustify(
     are added to the recipe's ``harden`` keywords (e.g. ``input_size``, ``calib``; a recipe
     without a block refuses them); ``finetune_options`` go to :func:`surgery.finetune`
     (``epochs``, ``lr``, ``loss``, ``checkpoint_dir``, ...) and may replace the recipe's
-    ``defense``. The model is copied unless ``inplace``. A recipe with a ``blend`` moves the
+    ``defense``; ``parameters=`` may name the tensors of ``model`` to train, and the copy's
+    counterparts are trained. The model is copied unless ``inplace``. A recipe with a ``blend`` moves the
     fine-tuned weights back toward the model as it came in after the fine-tune; the history
     and checkpoints are of the model before the blend.
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; available: {sorted(RECIPES)}")
     chosen = RECIPES[recipe]
-    # what the blend goes back toward: the model as it came in
-    original = copy.deepcopy(model) if chosen.blend is not None and inplace else model
-    if chosen.harden is None:
-        if harden_options:
-            raise ValueError(f"recipe {recipe!r} adds no block: harden_options {sorted(harden_options)} have no effect")
-        hardened = model if inplace else copy.deepcopy(model)
-    else:
-        hardened = harden(model, **{**chosen.harden, **(harden_options or {}), "inplace": inplace})
-    options = dict(finetune_options)
-    if chosen.defense is not None and "defense" not in options:
-        options["defense"] = chosen.defense(_score_spread(train))
-    result = finetune(hardened, train, val, **options)
-    if chosen.blend is not None:
-        blend(hardened, original, chosen.blend)
+    trained = _parameter_names(model, finetune_options.get("parameters"))
+    original_names = dict.fromkeys(model.state_dict())
+    # an inplace run that fails gives the model back as it came (a splice and pruning change its structure)
+    with restored_on_error(model) if inplace else contextlib.nullcontext():
+        # what the blend goes back toward: the model as it came in
+        original = copy.deepcopy(model) if chosen.blend is not None and inplace else model
+        if chosen.harden is None:
+            if harden_options:
+                raise ValueError(f"recipe {recipe!r} adds no block: harden_options {sorted(harden_options)} have no effect")
+            hardened = model if inplace else copy.deepcopy(model)
+        else:
+            hardened = harden(model, **{**chosen.harden, **(harden_options or {}), "inplace": inplace})
+        options = dict(finetune_options)
+        if trained is not None:
+            options["parameters"] = _same_parameters(hardened, original_names, trained)
+        if chosen.defense is not None and "defense" not in options:
+            options["defense"] = chosen.defense(_score_spread(train))
+        result = finetune(hardened, train, val, **options)
+        if chosen.blend is not None:
+            blend(hardened, original, chosen.blend)
     return hardened, result

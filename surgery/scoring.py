@@ -9,7 +9,7 @@ R-Score with it by default (Meleshin et al. §4).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -64,23 +64,27 @@ def score_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return score
 
 
-def check_images(images: torch.Tensor) -> torch.Tensor:
-    """Reject what is not a batch of images in [0, 1] with an error that says so."""
+def check_images(images: torch.Tensor, indices: Sequence[int] | None = None, what: str = "image") -> torch.Tensor:
+    """Reject what is not a batch of images in [0, 1] with an error that says so; ``indices``
+    are the batch's positions in its dataset, named in the error instead of batch positions,
+    and ``what`` names the images (e.g. "val image")."""
     if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] not in (1, 3):
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise ValueError(f"expected images as a (batch, 3, H, W) or (batch, 1, H, W) tensor, got {shape}")
+        raise ValueError(f"expected {what}s as a (batch, 3, H, W) or (batch, 1, H, W) tensor, got {shape}")
     if not images.is_floating_point():
-        raise ValueError(f"expected float images in [0, 1], got dtype {images.dtype}: divide uint8 images by 255")
+        raise ValueError(f"expected float {what}s in [0, 1], got dtype {images.dtype}: divide uint8 images by 255")
     if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
-        raise ValueError(f"got an empty batch of images, shape {tuple(images.shape)}: pass at least one image")
-    if not torch.isfinite(images).all():
-        bad = (~torch.isfinite(images)).flatten(1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"image(s) {bad[:10]} contain NaN or inf pixels: fix or drop them before scoring or attacking")
-    low, high = float(images.min()), float(images.max())
-    if low < -1e-6 or high > 1 + 1e-6:
+        raise ValueError(f"got an empty batch of {what}s, shape {tuple(images.shape)}: pass at least one image")
+    named = lambda mask: [int(indices[i]) if indices is not None else i for i in mask.nonzero().flatten().tolist()]  # noqa: E731
+    finite = torch.isfinite(images).flatten(1).all(1)
+    if not finite.all():
+        raise ValueError(f"{what}(s) {named(~finite)[:10]} contain NaN or inf pixels: fix or drop them before scoring or attacking")
+    low, high = images.flatten(1).amin(1), images.flatten(1).amax(1)
+    outside = (low < -1e-6) | (high > 1 + 1e-6)
+    if outside.any():
         raise ValueError(
-            f"images must be in [0, 1], got values in [{low:.3g}, {high:.3g}]: "
-            "pass unnormalised images (the model normalises them itself)"
+            f"{what}s must be in [0, 1], got values in [{float(low.min()):.3g}, {float(high.max()):.3g}] "
+            f"({what}(s) {named(outside)[:10]}): pass unnormalised images (the model normalises them itself)"
         )
     return images
 

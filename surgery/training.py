@@ -6,7 +6,8 @@ on CUDA, best-on-validation weights (by SROCC), an atomic checkpoint after every
 epoch that a later call resumes from, a progress bar with the loss and the
 validation SROCC, and a seed that makes runs repeatable. A baseline defence
 (NT, AT) plugs in with ``defense=``. Under ``torchrun`` (``torch.distributed``
-initialised) it wraps the network in DistributedDataParallel, shards the data
+initialised, or launched by torchrun: the process group is then joined for the run and
+left afterwards) it wraps the network in DistributedDataParallel, shards the data
 with a DistributedSampler, and only rank 0 writes files and shows progress.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 from tqdm.auto import tqdm
 
 from . import metrics
-from .scoring import check_images, per_image_scores, scoring_network
+from .fingerprint import data_fingerprint, differences, model_fingerprint, settings_record
+from .scoring import check_images, model_device, per_image_scores, scoring_network
 from .defenses.base import Defense, TrainingScore
 from .files import atomic_save
 from .io import save
@@ -79,10 +81,49 @@ def _check_validation_set(dataset: Dataset) -> None:
         raise ValueError(f"every val score is {targets[0].item():g}: SROCC needs images with different scores")
 
 
-def _check_batch(images: torch.Tensor, targets: torch.Tensor, epoch: int) -> None:
-    check_images(images)
-    if not torch.isfinite(targets).all():
-        raise ValueError(f"a training batch of epoch {epoch} has NaN or inf scores: fix or drop those labels")
+def _check_batch(images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, epoch: int) -> None:
+    check_images(images, indices.tolist(), "training image")
+    finite = torch.isfinite(targets)
+    if not finite.all():
+        bad = indices[~finite.cpu()].tolist()
+        raise ValueError(f"training image(s) {bad[:10]} have NaN or inf scores (epoch {epoch}): fix or drop those labels")
+
+
+class _Indexed(Dataset):
+    """A dataset's items with their index, so a bad item is named by its place in the dataset."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        return image, target, index
+
+
+def _check_images_up_front(dataset: Dataset, name: str) -> None:
+    """Fail before the first epoch on images that are not floats in [0, 1]: every image of tensor
+    data, the first of a Dataset that loads them (the rest are checked batch by batch)."""
+    if isinstance(dataset, TensorDataset):
+        check_images(dataset.tensors[0], what=f"{name} image")
+        return
+    image = dataset[0][0]
+    check_images(image.unsqueeze(0) if torch.is_tensor(image) and image.ndim == 3 else image, [0], f"{name} image")
+
+
+def _check_parameters(model: nn.Module, params: Sequence[nn.Parameter]) -> None:
+    """Refuse tensors the model does not hold: training them would leave the model unchanged
+    (e.g. the parameters of the original passed for a deep copy)."""
+    own = {id(p) for p in model.parameters()}
+    foreign = sum(id(p) not in own for p in params)
+    if foreign:
+        raise ValueError(
+            f"{foreign} of the {len(params)} tensors in parameters= are not parameters of the model being trained, so "
+            "training them would leave it unchanged (were they taken from the model before a copy?): pass "
+            "parameters of this model, e.g. [p for n, p in model.named_parameters() if n.startswith('head.')]"
+        )
 
 
 def _scores(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -107,7 +148,8 @@ def _train_mode(network: nn.Module, params: Sequence[nn.Parameter]) -> None:
 def _validate(network: nn.Module, loader: DataLoader, device: torch.device, autocast) -> dict:
     network.eval()
     predictions, targets = [], []
-    for images, target in loader:
+    for images, target, indices in loader:
+        check_images(images, indices.tolist(), "val image")
         with autocast():
             predictions.append(_scores(network, images.to(device)).cpu())
         targets.append(target.reshape(-1).float())
@@ -121,6 +163,9 @@ class _Loaders:
 
     def __init__(self, train: DataSpec, val: DataSpec | None, batch_size: int, seed: int, num_workers: int, distributed: bool):
         train_set = as_dataset(train, "train")
+        _check_images_up_front(train_set, "training")
+        self.train_set = train_set
+        train_set = _Indexed(train_set)
         self.sampler = DistributedSampler(train_set, seed=seed) if distributed else None
         self.generator = torch.Generator().manual_seed(seed)
         self.train = DataLoader(
@@ -130,7 +175,9 @@ class _Loaders:
         val_set = None if val is None else as_dataset(val, "val")
         if val_set is not None:
             _check_validation_set(val_set)
-        self.val = None if val_set is None else DataLoader(val_set, batch_size=batch_size, num_workers=num_workers)
+            _check_images_up_front(val_set, "val")
+        self.val_set = val_set
+        self.val = None if val_set is None else DataLoader(_Indexed(val_set), batch_size=batch_size, num_workers=num_workers)
 
 
 class _Step:
@@ -147,12 +194,12 @@ class _Step:
     def epoch(self, batches: tqdm, channels_last: bool, epoch: int) -> float:
         """Train on every batch; the mean loss per image."""
         running, count = 0.0, 0
-        for images, targets in batches:
+        for images, targets, indices in batches:
             images = images.to(self.device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = targets.to(self.device).reshape(-1).float()
-            _check_batch(images, targets, epoch + 1)
+            _check_batch(images, targets, indices, epoch + 1)
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 if self.defense is not None:
@@ -182,12 +229,28 @@ class _Checkpoints:
         self.best = None if folder is None else os.path.join(os.fspath(folder), "best.pt")
         self.write = write
 
-    def resume(self, model, optimizer, scheduler, generator, device, result: FinetuneResult) -> tuple[FinetuneResult, int]:
-        """The history and the first epoch to run, from ``last.pt`` when there is one."""
+    def resume(self, model, optimizer, scheduler, generator, device, result: FinetuneResult, run: dict) -> tuple[FinetuneResult, int]:
+        """The history and the first epoch to run, from ``last.pt`` when there is one and
+        ``run`` (the fingerprints of this model, these settings and this data) matches its own."""
         if self.last is None or not os.path.isfile(self.last):
             return result, 0
         try:
             state = torch.load(self.last, map_location=device, weights_only=True)
+        except Exception as err:
+            raise self._unusable(err) from err
+        recorded = state.get("run") if isinstance(state, dict) else None
+        if recorded is None:
+            raise ValueError(
+                f"checkpoint {self.last!r} records no run fingerprint (an older surgery wrote it), so it cannot be told "
+                "to belong to this run: delete it, choose another checkpoint_dir, or pass resume=False to start afresh"
+            )
+        changed = differences(recorded, run)
+        if changed:
+            raise ValueError(
+                f"checkpoint {self.last!r} belongs to another run (it differs in {', '.join(changed)}): resuming would "
+                "return that run's weights; choose another checkpoint_dir, delete it, or pass resume=False to start afresh"
+            )
+        try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -196,20 +259,24 @@ class _Checkpoints:
             resumed = FinetuneResult(state["history"], state["best_epoch"], state["best_srocc"], state["best_path"])
             return resumed, state["epoch"] + 1
         except Exception as err:
-            raise ValueError(
-                f"cannot resume from checkpoint {self.last!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
-                "it is corrupt or from another model or run; delete it or pass resume=False to start afresh"
-            ) from err
+            raise self._unusable(err) from err
+
+    def _unusable(self, err: Exception) -> ValueError:
+        return ValueError(
+            f"cannot resume from checkpoint {self.last!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
+            "it is corrupt or from another model or run; delete it or pass resume=False to start afresh"
+        )
 
     def save_best(self, model: nn.Module) -> str | None:
         if self.best is not None and self.write:
             save(model, self.best)
         return self.best
 
-    def save_last(self, model, optimizer, scheduler, generator, epoch: int, result: FinetuneResult) -> None:
+    def save_last(self, model, optimizer, scheduler, generator, epoch: int, result: FinetuneResult, run: dict) -> None:
         if self.last is None or not self.write:
             return
         state = {
+            "run": run,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(), "loader_rng": generator.get_state(), "epoch": epoch, "history": result.history,
             "best_epoch": result.best_epoch, "best_srocc": result.best_srocc, "best_path": result.best_path,
@@ -238,6 +305,35 @@ def _gives_model_back_on_error(run: Callable[..., FinetuneResult]) -> Callable[.
     return wrapper
 
 
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _joins_torchrun(run: Callable[..., FinetuneResult]) -> Callable[..., FinetuneResult]:
+    """Under ``torchrun`` with no process group yet, join the one torchrun's environment
+    describes for the run (gloo on the CPU, NCCL on CUDA; each rank on ``cuda:LOCAL_RANK``)
+    and leave it afterwards, as Lightning and Accelerate do: without it every rank would
+    train its own unsynchronised copy and write the same checkpoint files."""
+
+    @functools.wraps(run)
+    def wrapper(model: nn.Module, *args, **kwargs) -> FinetuneResult:
+        launched = all(name in os.environ for name in TORCHRUN_VARIABLES) and int(os.environ["WORLD_SIZE"]) > 1
+        if not launched or not dist.is_available() or dist.is_initialized():
+            return run(model, *args, **kwargs)
+        device = torch.device(kwargs["device"]) if kwargs.get("device") is not None else model_device(model)
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+            kwargs["device"] = device
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        try:
+            return run(model, *args, **kwargs)
+        finally:
+            dist.destroy_process_group()
+
+    return wrapper
+
+
+@_joins_torchrun
 @_gives_model_back_on_error
 def finetune(
     model: nn.Module,
@@ -296,6 +392,7 @@ def finetune(
     params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
+    _check_parameters(model, params)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total_steps = max(1, epochs * len(loaders.train))
     cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))  # noqa: E731
@@ -303,9 +400,21 @@ def finetune(
     step = _Step(TrainingScore(network, _scores), get_loss(loss), defense, params, optimizer, scheduler, grad_clip, use_amp, device)
 
     checkpoints = _Checkpoints(checkpoint_dir, write=is_main)
+    run = None
+    if checkpoint_dir is not None:
+        names = {id(p): name for name, p in model.named_parameters()}
+        settings = {
+            "epochs": epochs, "loss": getattr(loss, "__qualname__", loss), "lr": lr, "weight_decay": weight_decay,
+            "batch_size": batch_size, "grad_clip": grad_clip, "defense": defense, "seed": seed, "amp": use_amp,
+            "channels_last": use_channels_last, "parameters": [names[id(p)] for p in params],
+        }
+        run = {
+            "model": model_fingerprint(model), "settings": settings_record(settings),
+            "data": data_fingerprint(loaders.train_set, loaders.val_set, targets=known_targets),
+        }
     result, start_epoch = FinetuneResult(), 0
     if resume:
-        result, start_epoch = checkpoints.resume(model, optimizer, scheduler, loaders.generator, device, result)
+        result, start_epoch = checkpoints.resume(model, optimizer, scheduler, loaders.generator, device, result, run)
     best_state = None  # best weights in memory when there is no checkpoint folder
     for epoch in range(start_epoch, epochs):
         _train_mode(network, params)
@@ -324,7 +433,7 @@ def finetune(
             result.best_path = checkpoints.save_best(model)
             if result.best_path is None:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        checkpoints.save_last(model, optimizer, scheduler, loaders.generator, epoch, result)
+        checkpoints.save_last(model, optimizer, scheduler, loaders.generator, epoch, result, run)
         if progress and is_main:
             tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         if distributed:

@@ -11,7 +11,8 @@ from surgery.cli import _model_names, main
 
 def test_harden_then_describe(tmp_path, capsys):
     out = tmp_path / "hardened.pt"
-    assert main(["harden", "linearity", "--random-weights", "--model-arg", "arch=resnet18", "--input-size", "3", "64", "64", "--out", str(out)]) == 0
+    arguments = ["harden", "linearity", "--random-weights", "--model-arg", "arch=resnet18", "--input-size", "3", "64", "64"]
+    assert main(arguments + ["--out", str(out)]) == 0
     assert out.exists() and "saved to" in capsys.readouterr().out
     assert main(["describe", str(out)]) == 0
     assert "before features.7" in capsys.readouterr().out
@@ -48,7 +49,8 @@ def test_eval_writes_tables_and_plots(tmp_path, capsys):
     (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "res.csv"
     code = main([
-        "eval", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder), "--csv", str(tmp_path / "scores.csv"),
+        "eval", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder),
+        "--csv", str(tmp_path / "scores.csv"),
         "--score-column", "mos", "--input-size", "3", "32", "32", "--attacks", "pgd-1", "--out", str(out),
         "--plots", str(tmp_path / "plots"),
     ])

@@ -82,7 +82,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "_validate", real_validate)
     assert all(torch.equal(interrupted.state_dict()[k], v) for k, v in start.items())  # given back as it came
 
-    fresh = TinyIQA()  # as a new process would build it
+    fresh = TinyIQA()  # as a new process would build it: the same starting weights (a resume checks them)
+    fresh.load_state_dict(start)
     resumed = finetune(fresh, train, val, epochs=3, checkpoint_dir=tmp_path / "cut", progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     for key, value in reference.state_dict().items():
@@ -174,3 +175,87 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert (tmp_path / "last.pt").exists() and (tmp_path / "best.pt").exists()
+
+
+def test_a_reused_checkpoint_folder_is_not_resumed_by_another_run(tmp_path):
+    """robustify(B, data_B, checkpoint_dir=D) after A's run used to return A's weights in 0.01 s."""
+    train, val = toy_split()
+    options = {"epochs": 2, "checkpoint_dir": tmp_path, "progress": False}
+    torch.manual_seed(0)
+    finetune(TinyIQA(), train, val, **options)
+    torch.manual_seed(1)
+    with pytest.raises(ValueError, match="belongs to another run.*the model.*resume=False"):
+        finetune(TinyIQA(), train, val, **options)
+    other_train, other_val = toy_split(seed=1)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="belongs to another run.*the data"):
+        finetune(TinyIQA(), other_train, other_val, **options)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"lr \(0.0001 then, 0.001 now\)"):
+        finetune(TinyIQA(), train, val, lr=1e-3, **options)
+    torch.manual_seed(0)
+    resumed = finetune(TinyIQA(), train, val, **options)  # the same run: resumes, nothing left to train
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+
+
+def test_a_checkpoint_without_a_run_fingerprint_is_refused(tmp_path):
+    train, val = toy_split()
+    finetune(TinyIQA(), train, val, epochs=1, checkpoint_dir=tmp_path, progress=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    del state["run"]
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="no run fingerprint"):
+        finetune(TinyIQA(), train, val, epochs=1, checkpoint_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("spoil,says", [
+    (lambda images: images * 255, r"val images must be in \[0, 1\].*val image\(s\) \[0, 1, 2"),
+    (lambda images: (images * 255).to(torch.uint8), "float val images.*divide uint8"),
+    (lambda images: images.index_fill(0, torch.tensor([5]), float("nan")), r"val image\(s\) \[5\] contain NaN"),
+])
+def test_validation_images_are_checked_like_training_images(spoil, says):
+    train, (images, targets) = toy_split()
+    model = TinyIQA()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=says):
+        finetune(model, train, (spoil(images), targets), epochs=1, progress=False)
+    assert_unchanged(model, before)
+
+
+def test_bad_training_images_and_scores_are_named_by_their_dataset_index():
+    (images, targets), val = toy_split()
+    images, targets = images.clone(), targets.clone()
+    images[7, 0, 0, 0] = float("nan")  # the shuffle puts it elsewhere in its batch
+    with pytest.raises(ValueError, match=r"training image\(s\) \[7\] contain NaN"):
+        finetune(TinyIQA(), (images, targets), val, epochs=1, progress=False)
+    images[7, 0, 0, 0] = 0.5
+    targets[0] = float("nan")
+    with pytest.raises(ValueError, match=r"training image\(s\) \[0\] have NaN or inf scores"):
+        finetune(TinyIQA(), (images, targets), val, epochs=1, progress=False)
+
+
+def test_parameters_of_another_model_are_refused():
+    train, _ = toy_split()
+    model = TinyIQA()
+    with pytest.raises(ValueError, match="not parameters of the model being trained"):
+        finetune(model, train, parameters=list(TinyIQA().parameters()), epochs=1, progress=False)
+
+
+def test_torchrun_without_a_process_group_trains_one_synchronised_model(tmp_path):
+    """A script calling finetune under torchrun used to run two unsynchronised fine-tunes."""
+    import json
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "torchrun_finetune.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, str(tmp_path)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["rank"], r["world"], r["initialised_after"]) for r in ranks] == [(0, 2, False), (1, 2, False)]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    torch.manual_seed(0)
+    single = TinyIQA()
+    finetune(single, *toy_split(), epochs=2, progress=False)
+    assert not all(torch.equal(single.state_dict()[k], rank0[k]) for k in rank0)  # each rank saw half the data

@@ -138,3 +138,62 @@ def test_robustify_warns_when_the_score_spread_is_unknown():
 
     with pytest.warns(UserWarning, match="spread of the training scores"):
         surgery.robustify(SmallCNN(), Pairs(), epochs=1, loss="mse", progress=False)
+
+
+@pytest.mark.parametrize("recipe", ["robust-strong", "paper"])
+def test_parameters_train_exactly_those_tensors_of_the_returned_model(recipe, monkeypatch):
+    """parameters=list(model.fc.parameters()) used to hand the original's tensors to the optimiser of
+    the copy: the returned model was not trained at all."""
+    from surgery import recipes
+
+    images, targets = cluster_data(32, 8)
+    model = SmallCNN()
+    before = snapshot(model)
+    trained, finetune = {}, recipes.finetune
+
+    def recording_finetune(network, *args, **kwargs):
+        trained["model"], trained["parameters"] = network, kwargs["parameters"]
+        return finetune(network, *args, **kwargs)
+
+    monkeypatch.setattr(recipes, "finetune", recording_finetune)
+    harden = {"harden_options": {"input_size": (3, 32, 32)}} if recipe == "paper" else {}
+    robust, _ = surgery.robustify(model, (images, targets), recipe=recipe, parameters=list(model.fc.parameters()),
+                                  epochs=1, lr=1e-2, loss="mse", progress=False, **harden)
+    assert trained["model"] is robust
+    assert [id(p) for p in trained["parameters"]] == [id(robust.fc.weight), id(robust.fc.bias)]
+    assert_unchanged(model, before)
+    if recipe == "robust-strong":  # same architecture: every other tensor is the original's
+        changed = {k for k, v in robust.state_dict().items() if not torch.equal(v, before["state"][k])}
+        assert changed == {"fc.weight", "fc.bias"}
+
+
+def test_parameters_of_another_model_are_refused_by_robustify():
+    images, targets = cluster_data(16, 4)
+    with pytest.raises(ValueError, match="not parameters of the model passed to robustify"):
+        surgery.robustify(SmallCNN(), (images, targets), parameters=list(SmallCNN().parameters()), epochs=1)
+
+
+def test_a_failed_inplace_paper_recipe_gives_the_model_back_as_it_came():
+    """recipe="paper", inplace=True that failed mid-fine-tune used to leave the model spliced and pruned."""
+    images, targets = cluster_data(32, 16)
+    targets = targets.clone()
+    targets[-1] = float("nan")  # reached in the fine-tune, after the splice and the pruning
+    model = SmallCNN()
+    before = snapshot(model)
+    children = dict(model.named_children())
+    text = str(model)
+    with pytest.raises(ValueError, match="NaN or inf scores"):
+        surgery.robustify(model, (images, targets), recipe="paper", inplace=True, harden_options={"input_size": (3, 32, 32)},
+                          epochs=1, loss="mse", progress=False)
+    assert str(model) == text and dict(model.named_children()) == children
+    assert not surgery.robust_blocks(model) and not hasattr(model, "surgery_config")
+    assert_unchanged(model, before)
+
+
+def test_a_nan_training_score_is_named_without_a_spread_warning(recwarn):
+    images, targets = cluster_data(16, 8)
+    targets = targets.clone()
+    targets[3] = float("nan")
+    with pytest.raises(ValueError, match=r"training image\(s\) \[3\] have NaN"):
+        surgery.robustify(SmallCNN(), (images, targets), epochs=1, progress=False)
+    assert not [w for w in recwarn if "spread" in str(w.message)]

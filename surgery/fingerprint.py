@@ -1,0 +1,75 @@
+"""Fingerprints of a run, so a checkpoint is resumed only by the run that wrote it.
+
+A checkpoint folder reused for another model, other settings or other data would
+otherwise hand back the earlier run's weights as if they were this run's. A run is
+fingerprinted by three parts, each compared on resume so the refusal can say which
+differs: the model as it enters the run (every parameter and buffer name, shape and
+value), the settings (a JSON-able dict, kept whole so the differing keys can be
+named), and the data (lengths, the scores when a dataset exposes them without loading
+images, and a strided sample of the pixels of tensor data; a Dataset that loads or
+augments images on the fly is known by its type and length only).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+__all__ = ["model_fingerprint", "data_fingerprint", "settings_record", "differences"]
+
+_PIXEL_SAMPLE = 1 << 20  # elements of a tensor dataset's images hashed (a strided sample)
+
+
+def _update(digest, tensor: torch.Tensor) -> None:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    digest.update(f"{flat.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(flat.view(torch.uint8).numpy().tobytes())
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer: names, shapes, dtypes and values."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        _update(digest, value)
+    return digest.hexdigest()
+
+
+def data_fingerprint(*datasets: Dataset | None, targets=None) -> str:
+    """sha256 of what can be read of each dataset cheaply (``targets(dataset)`` gives its
+    scores or None)."""
+    digest = hashlib.sha256()
+    for dataset in datasets:
+        if dataset is None:
+            digest.update(b"none")
+            continue
+        digest.update(f"{type(dataset).__name__}:{len(dataset)}".encode())
+        scores = targets(dataset) if targets is not None else None
+        if scores is not None:
+            _update(digest, scores)
+        if isinstance(dataset, TensorDataset):
+            images = dataset.tensors[0].reshape(-1)
+            _update(digest, images[:: max(1, images.numel() // _PIXEL_SAMPLE)])
+    return digest.hexdigest()
+
+
+def settings_record(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings as plain JSON values (anything else by its ``repr``)."""
+    return json.loads(json.dumps(settings, sort_keys=True, default=repr))
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Readable differences between a checkpoint's record and this run's."""
+    found = []
+    for part in ("model", "data"):
+        if recorded.get(part) != current[part]:
+            found.append(f"the {part}")
+    old, new = recorded.get("settings", {}), current["settings"]
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            found.append(f"{key} ({old.get(key)!r} then, {new.get(key)!r} now)")
+    return found
