@@ -50,8 +50,8 @@ def blend(model: nn.Module, original: nn.Module, keep: float) -> nn.Module:
     counters) are left alone. Shared tensors must have the same shape: a pruned model cannot
     be blended with its unpruned original.
     """
-    if not 0.0 <= keep <= 1.0:
-        raise ValueError(f"keep must be in [0, 1] (the fraction of the fine-tune's change kept), got {keep}")
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
+        raise ValueError(f"keep must be in [0, 1] (the fraction of the fine-tune's change kept), got {keep!r}")
     reference = original.state_dict()
     state = model.state_dict()
     pairs = counterparts(model, state, reference)

@@ -307,7 +307,7 @@ def _evaluate(args) -> int:
     if args.plots:
         os.makedirs(args.plots, exist_ok=True)
         plot_curves(table, os.path.join(args.plots, "abs_gain_vs_eps.png"))
-        if mos is not None and any("pgd-1" in a for a in args.attacks):
+        if mos is not None and any(key.endswith(" abs_gain_auc") for summary in table.summaries for key in summary):
             plot_tradeoff(table, os.path.join(args.plots, "tradeoff.png"))
     print(f"wrote {stem}.csv/.md/.json" + (f" and plots in {args.plots}" if args.plots else ""))
     return 0

@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .attacks import APGD, EPS_GRID, PGD, UAP, Attack, PaperPGD, StAdv
-from .scoring import check_images, model_device, model_score_range, score_fn, scores
+from .scoring import as_model_input, check_images, model_score_range, score_fn, scores
 from .modes import measuring
 from .files import atomic_save, atomic_write_text
+from .fingerprint import update_digest
 
 __all__ = ["evaluate", "compare", "Table", "AttackSpec", "DEFAULT_ATTACKS", "resolve_attacks"]
 
@@ -39,7 +40,9 @@ DEFAULT_ATTACKS: tuple[str, ...] = ("pgd-1", "pgd-8", "uap", "stadv")
 COLUMNS = ("model", "attack", "eps", "n", "mean_score", "abs_gain", "r_score", "srocc", "plcc", "krocc")
 
 
-def resolve_attacks(specs: Iterable[AttackSpec], eps_grid: Sequence[float] = EPS_GRID) -> list[tuple[str, float | None, Attack]]:
+def resolve_attacks(
+    specs: AttackSpec | Iterable[AttackSpec], eps_grid: Sequence[float] = EPS_GRID
+) -> list[tuple[str, float | None, Attack]]:
     """(attack name, eps or None, attack) for every run a list of specs asks for.
 
     Over the eps grid: ``"pgd-K"`` (the paper's protocol; ``"fgsm"`` = ``"pgd-1"``),
@@ -48,6 +51,8 @@ def resolve_attacks(specs: Iterable[AttackSpec], eps_grid: Sequence[float] = EPS
     code's non-standard attack, which exceeds the budget). Once with their defaults:
     ``"uap"`` and ``"stadv"``. An :class:`Attack` instance runs as given.
     """
+    if isinstance(specs, (str, Attack)):  # one attack, not a string of one-letter names
+        specs = [specs]
     runs = []
     for spec in specs:
         if isinstance(spec, Attack):
@@ -94,18 +99,13 @@ def _fingerprint(images: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def _tensor_digest(tensor: torch.Tensor, digest) -> None:
-    digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
-    digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-
-
 def model_digest(model: nn.Module) -> str:
     """A digest of every parameter and buffer: a re-hardened or further trained model
     under the same name gets fresh cached scores."""
     digest = hashlib.sha1(type(model).__name__.encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
-        _tensor_digest(tensor, digest)
+        update_digest(digest, tensor)
     return digest.hexdigest()[:12]
 
 
@@ -115,7 +115,7 @@ def attack_digest(attack: Attack) -> str:
     for key, value in sorted(vars(attack).items()):
         digest.update(key.encode())
         if torch.is_tensor(value):
-            _tensor_digest(value, digest)
+            update_digest(digest, value)
         else:
             digest.update(repr(value).encode())
     return digest.hexdigest()[:10]
@@ -209,7 +209,6 @@ def _attacked_scores(
     if isinstance(attack, UAP) and attack.perturbation is None:
         raise ValueError("fit the UAP first (evaluate does it on train_images or the evaluated images)")
     score = score_fn(model)
-    device = model_device(model)
     for start in range(0, images.shape[0], batch_size):
         stop = min(start + batch_size, images.shape[0])
         if not torch.isnan(values[start:stop]).any():
@@ -217,7 +216,7 @@ def _attacked_scores(
             continue
         adversarial = attack(model, images[start:stop], direction=direction)
         with torch.no_grad(), measuring(model):
-            values[start:stop] = score(adversarial.to(device)).float().cpu()
+            values[start:stop] = score(as_model_input(adversarial, model)).float().cpu()
         cache.store(key, values)
         bar.update(stop - start)
     if not torch.isfinite(values).all():
@@ -229,7 +228,7 @@ def evaluate(
     model: nn.Module,
     images: torch.Tensor,
     mos: Sequence[float] | torch.Tensor | None = None,
-    attacks: Iterable[AttackSpec] = DEFAULT_ATTACKS,
+    attacks: AttackSpec | Iterable[AttackSpec] = DEFAULT_ATTACKS,
     *,
     eps_grid: Sequence[float] = EPS_GRID,
     score_range: tuple[float, float] | None = None,
@@ -323,7 +322,7 @@ def compare(
     models: Mapping[str, nn.Module],
     images: torch.Tensor,
     mos: Sequence[float] | torch.Tensor | None = None,
-    attacks: Iterable[AttackSpec] = DEFAULT_ATTACKS,
+    attacks: AttackSpec | Iterable[AttackSpec] = DEFAULT_ATTACKS,
     *,
     score_range: tuple[float, float] | None = None,
     score_ranges: Mapping[str, tuple[float, float]] | None = None,

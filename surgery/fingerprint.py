@@ -19,12 +19,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["model_fingerprint", "data_fingerprint", "settings_record", "differences"]
+__all__ = ["update_digest", "model_fingerprint", "data_fingerprint", "settings_record", "differences"]
 
 _PIXEL_SAMPLE = 1 << 20  # elements of a tensor dataset's images hashed (a strided sample)
 
 
-def _update(digest, tensor: torch.Tensor) -> None:
+def update_digest(digest, tensor: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and bytes to a hashlib digest."""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     digest.update(f"{flat.dtype}{tuple(tensor.shape)}".encode())
     digest.update(flat.view(torch.uint8).numpy().tobytes())
@@ -35,7 +36,7 @@ def model_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, value in model.state_dict().items():
         digest.update(name.encode())
-        _update(digest, value)
+        update_digest(digest, value)
     return digest.hexdigest()
 
 
@@ -50,10 +51,10 @@ def data_fingerprint(*datasets: Dataset | None, targets=None) -> str:
         digest.update(f"{type(dataset).__name__}:{len(dataset)}".encode())
         scores = targets(dataset) if targets is not None else None
         if scores is not None:
-            _update(digest, scores)
+            update_digest(digest, scores)
         if isinstance(dataset, TensorDataset):
             images = dataset.tensors[0].reshape(-1)
-            _update(digest, images[:: max(1, images.numel() // _PIXEL_SAMPLE)])
+            update_digest(digest, images[:: max(1, images.numel() // _PIXEL_SAMPLE)])
     return digest.hexdigest()
 
 

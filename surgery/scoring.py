@@ -18,6 +18,7 @@ from .modes import measuring
 
 __all__ = [
     "is_pyiqa_metric", "per_image_scores", "scoring_network", "score_fn", "scores", "check_images", "model_device",
+    "model_dtype", "as_model_input",
     "model_score_range",
 ]
 
@@ -93,11 +94,10 @@ def scores(model: nn.Module, images: torch.Tensor, batch_size: int = 16) -> torc
     """Model scores for a batch of images, without gradients, in chunks: (N,) on the CPU."""
     check_images(images)
     score = score_fn(model)
-    device = model_device(model)
     out = []
     with torch.no_grad(), measuring(model):
         for start in range(0, images.shape[0], batch_size):
-            out.append(score(images[start : start + batch_size].to(device)).float().cpu())
+            out.append(score(as_model_input(images[start : start + batch_size], model)).float().cpu())
     result = torch.cat(out)
     if not torch.isfinite(result).all():
         bad = (~torch.isfinite(result)).nonzero().flatten().tolist()
@@ -108,6 +108,18 @@ def scores(model: nn.Module, images: torch.Tensor, batch_size: int = 16) -> torc
 def model_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's weights (float32 when it has none): images are cast
+    to it, so float64 images score on a float32 model."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return param.dtype if param is not None else torch.float32
+
+
+def as_model_input(images: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Images on the model's device in its floating dtype."""
+    return images.to(model_device(model), model_dtype(model))
 
 
 def model_score_range(model: nn.Module) -> tuple[float, float] | None:

@@ -65,3 +65,24 @@ def test_bad_input_gets_a_clear_error(case, tmp_path):
     call, error, match = CASES[case]
     with pytest.raises(error, match=match):
         call(str(tmp_path))
+
+
+def test_blend_refuses_a_keep_that_is_not_a_number():
+    with pytest.raises(ValueError, match="keep must be in"):
+        surgery.blend(TinyIQA(), TinyIQA(), keep=True)
+
+
+def test_float64_images_are_attacked_and_scored_in_the_model_dtype():
+    from surgery.attacks import scores
+
+    model = TinyIQA()
+    images = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    attacked = PGD(eps=4 / 255, steps=2)(model, images)
+    assert attacked.dtype == torch.float64 and (attacked - images).abs().max() <= 4 / 255 + 1e-6
+    torch.testing.assert_close(scores(model, images), scores(model, images.float()))
+
+
+def test_one_attack_may_be_named_as_a_string():
+    from surgery.evaluation import resolve_attacks
+
+    assert {name for name, _, _ in resolve_attacks("apgd")} == {"apgd"}

@@ -202,3 +202,31 @@ def test_attack_subset_scores_all_images_and_attacks_some(data):
     assert [r["n"] for r in table.rows[1:]] == [3, 3, 3]
     with pytest.raises(ValueError, match="attack_subset"):
         evaluate(model, images, mos, attack_subset=[6], **options)
+
+
+def _sweep_table():
+    rows, summaries = [], []
+    for model, scale in (("original", 1.0), ("robust", 0.5), ("control", 1.2)):
+        for attack, strength in (("pgd-1", 0.1), ("pgd-8", 0.3), ("apgd", 0.4)):
+            rows += [{"model": model, "attack": attack, "eps": eps, "abs_gain": scale * strength * eps} for eps in (2.0, 6.0, 10.0)]
+        summaries.append({"model": model, "srocc": 0.9 - 0.01 * scale, "pgd-1 abs_gain_auc": scale * 0.8,
+                          "pgd-8 abs_gain_auc": scale * 2.4, "apgd abs_gain_auc": scale * 3.2})
+    return surgery.Table(rows, summaries)
+
+
+def test_curves_have_a_panel_per_attack_and_a_colour_per_model(tmp_path):
+    from surgery import report
+
+    fig = report.plot_curves(_sweep_table(), tmp_path / "curves.png")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["pgd-1", "pgd-8", "apgd"]
+    colours = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in panels]
+    assert all(c == colours[0] for c in colours) and len(set(colours[0].values())) == 3
+
+
+def test_tradeoff_defaults_to_the_strongest_attack_and_says_so(tmp_path):
+    from surgery import report
+
+    fig = report.plot_tradeoff(_sweep_table(), tmp_path / "tradeoff.png")
+    assert fig.axes[0].get_title() == "apgd (the strongest attack run)"
+    assert report.plot_tradeoff(_sweep_table(), tmp_path / "t.png", attack="pgd-1").axes[0].get_title() == "pgd-1"

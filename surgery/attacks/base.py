@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..modes import measuring
-from ..scoring import check_images, model_device, score_fn
+from ..scoring import as_model_input, check_images, score_fn
 
 __all__ = ["Attack", "check_budget", "check_count", "Direction"]
 
@@ -56,13 +56,13 @@ class Attack(abc.ABC):
         if direction not in ("up", "down"):
             raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
         sign = 1.0 if direction == "up" else -1.0
-        device = model_device(model)
         batch_size = batch_size or images.shape[0]
         out = []
         with measuring(model):
             for start in range(0, images.shape[0], batch_size):
-                batch = images[start : start + batch_size].to(device)
-                out.append(self.perturb(score_fn(model), batch, sign).detach().clamp_(0, 1).to(images.device))
+                batch = as_model_input(images[start : start + batch_size], model)
+                adversarial = self.perturb(score_fn(model), batch, sign).detach().clamp_(0, 1)
+                out.append(adversarial.to(images.device, images.dtype))
         return torch.cat(out)
 
     @abc.abstractmethod

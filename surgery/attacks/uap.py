@@ -19,7 +19,7 @@ from torch import nn
 
 from ..files import atomic_save
 from ..modes import measuring
-from ..scoring import check_images, model_device, score_fn
+from ..scoring import as_model_input, check_images, model_device, score_fn
 from .base import Attack, Direction, check_budget, check_count
 
 __all__ = ["UAP"]
@@ -59,7 +59,7 @@ class UAP(Attack):
         with measuring(model):
             for _ in range(self.iterations):
                 for start in range(0, images.shape[0], batch_size):
-                    batch = images[start : start + batch_size].to(device)
+                    batch = as_model_input(images[start : start + batch_size], model)
                     delta.requires_grad_(True)
                     resized = F.interpolate(delta[None], size=batch.shape[-2:], mode="bilinear", align_corners=False)
                     objective = sign * score((batch + resized).clamp(0, 1)).mean()
