@@ -8,28 +8,24 @@ the series is written straight into the buffer LAPACK factorises in place, and t
 backward pass accumulates the coefficient gradient frequency chunk by frequency
 chunk instead of materialising a gradient for every matrix.
 
-Some CPU builds of torch return wrong LU factors for batched matrices of size
->= ~256 when more than one thread is used, either raising in ``lu_solve`` (after
-MKL prints thousands of "CLASWP" errors to standard output) or silently producing a
-non-orthogonal result. Before the first factorisation of a size, a batch of two
-such matrices is factorised with both output streams silenced; where that fails,
-that size is factorised on one thread, where it is known to be correct, from then
-on. Every CPU factorisation is still checked with a random probe (an extra
-right-hand-side column whose product ``M_f p`` comes cheaply from the series) and
-redone on one thread if the probe fails.
+Some CPU builds of torch return wrong LU factors for batched matrices of a few
+hundred rows when more than one thread is set: they raise in ``lu_solve`` (after MKL
+prints thousands of "CLASWP" errors to standard output), silently produce a
+non-orthogonal result, or never return (seen from size 192 on 2 threads, on one
+Intel machine, after ``torch.set_num_threads(2)``). A trial factorisation cannot
+guard against a hang, so on the CPU every factorisation runs on one thread, where it
+is known to be correct, and is checked with a random probe (an extra right-hand-side
+column whose product ``M_f p`` comes cheaply from the series).
 """
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
-import sys
 from typing import Iterator
 
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["series_solve", "series_matrices", "batched_lu_is_sound"]
+__all__ = ["series_solve", "series_matrices"]
 
 # A correct factorisation of I + A (whose Hermitian part is >= I, so every
 # singular value is >= 1) reproduces the probe to ~1e-6 in float32.
@@ -58,26 +54,11 @@ def _probe_error(solved: torch.Tensor, probe: torch.Tensor) -> float:
 
 
 @contextlib.contextmanager
-def _silenced_output() -> Iterator[None]:
-    """Standard output and error sent to /dev/null at the file-descriptor level (MKL writes there)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
-
-
-@contextlib.contextmanager
 def _threads(count: int) -> Iterator[None]:
     previous = torch.get_num_threads()
+    if previous == count:  # setting the count again is what wakes the faulty path
+        yield
+        return
     torch.set_num_threads(count)
     try:
         yield
@@ -85,28 +66,12 @@ def _threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-@functools.lru_cache(maxsize=None)
-def batched_lu_is_sound(size: int, dtype: torch.dtype, threads: int) -> bool:
-    """Whether this build's CPU batched LU solves two well-conditioned ``size`` x ``size``
-    systems correctly with ``threads`` threads (checked once per process, silently)."""
-    generator = torch.Generator().manual_seed(0)
-    eye = torch.eye(size, dtype=dtype)
-    matrices = eye + 0.01 * torch.randn(2, size, size, dtype=dtype, generator=generator)
-    try:
-        with _threads(threads), _silenced_output():
-            lu, pivots, _ = torch.linalg.lu_factor_ex(matrices)
-            solved = torch.linalg.lu_solve(lu, pivots, eye.expand(2, size, size))
-        return bool((matrices @ solved - eye).abs().max() < 1e-3)
-    except RuntimeError:
-        return False
-
-
 def _factor_and_solve(phase: torch.Tensor, coef: torch.Tensor, rhs: torch.Tensor, verify: bool):
     """LU factors of every ``M_f`` and the solution for ``rhs``.
 
-    With ``verify`` (CPU) a probe column ``M_f p`` (cheap from the series) rides
-    along with the right-hand side; if it does not come back as ``p`` the
-    factorisation is redone on one thread.
+    With ``verify`` (CPU) the factorisation runs on one thread and a probe column
+    ``M_f p`` (cheap from the series) rides along with the right-hand side; it must
+    come back as ``p``.
     """
     if not verify:
         lu, pivots = _factor_in_place(series_matrices(phase, coef))
@@ -124,18 +89,13 @@ def _factor_and_solve(phase: torch.Tensor, coef: torch.Tensor, rhs: torch.Tensor
             return lu, pivots, None
         return lu, pivots, solved
 
-    threads = torch.get_num_threads()
-    sound = threads == 1 or batched_lu_is_sound(size, phase.dtype, threads)
-    with _threads(threads if sound else 1):
+    with _threads(1):
         lu, pivots, solved = attempt()
     if solved is None or _probe_error(solved[..., -1:], probe) > _PROBE_TOL:
-        with _threads(1):
-            lu, pivots, solved = attempt()
-        if solved is None or _probe_error(solved[..., -1:], probe) > _PROBE_TOL:
-            raise RuntimeError(
-                "LU factorisation of the Cayley system failed even on one thread: the "
-                "orthogonal layer's weights are probably not finite (check the learning rate)."
-            )
+        raise RuntimeError(
+            "LU factorisation of the Cayley system failed on one thread: the "
+            "orthogonal layer's weights are probably not finite (check the learning rate)."
+        )
     return lu, pivots, solved[..., :-1]
 
 
