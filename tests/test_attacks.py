@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from surgery.attacks import PGD, UAP, StAdv, default_alpha, flow_smoothness, scores, warp
+from surgery.attacks import APGD, PGD, UAP, PaperPGD, StAdv, default_alpha, flow_smoothness, scores, warp
 from tests.models import BatchNormIQA, TinyIQA, assert_unchanged, snapshot
 
 
@@ -143,3 +143,37 @@ def test_models_without_one_score_per_image_are_refused(model, error, match):
         scores(model, torch.rand(2, 3, 8, 8))
     with pytest.raises(error, match=match):
         PGD()(model, torch.rand(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("build", [
+    lambda seed: PGD(eps=8 / 255, steps=3, random_start=True, seed=seed),
+    lambda seed: APGD(eps=8 / 255, steps=4, seed=seed),
+    lambda seed: PaperPGD(eps=4 / 255, steps=2, seed=seed),
+], ids=["pgd-rs", "apgd", "paper-pgd"])
+def test_a_seeded_attack_is_reproducible_from_the_call_alone(build):
+    from surgery.evaluation import attack_digest
+
+    torch.manual_seed(0)
+    model, images = TinyIQA(), torch.rand(3, 3, 12, 12)
+    state = torch.get_rng_state()
+    first = build(5)(model, images)
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is left alone
+    torch.rand(7)  # whatever the caller drew in between
+    assert torch.equal(build(5)(model, images), first)
+    assert not torch.equal(build(6)(model, images), first)
+    assert attack_digest(build(5)) != attack_digest(build(6)) != attack_digest(build(None))
+
+
+def test_the_away_objective_moves_the_score_either_way_within_the_budget():
+    torch.manual_seed(1)
+    model, images = TinyIQA(), torch.rand(4, 3, 12, 12)
+    attack = PGD(eps=4 / 255, steps=5, random_start=True, seed=0)
+    away = attack(model, images, direction="away")
+    assert (away - images).abs().max() <= 4 / 255 + 1e-6
+    gap = (scores(model, away) - scores(model, images)).abs()
+    noise = (images + torch.empty_like(images).uniform_(-4 / 255, 4 / 255)).clamp(0, 1)
+    assert gap.mean() > (scores(model, noise) - scores(model, images)).abs().mean()
+    with pytest.raises(ValueError, match="direction must be one of"):
+        attack(model, images, direction="sideways")
+    with pytest.raises(ValueError, match="integer seed"):
+        PGD(seed=1.5)

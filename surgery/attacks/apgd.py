@@ -2,7 +2,7 @@
 of diverse parameter-free attacks", ICML 2020) for IQA scores: the strong attack of
 SPEC §6b, ``apgd`` in :func:`surgery.evaluate`.
 
-The objective is the score itself (``sign * f(x)``, raised or lowered). From a random
+The objective is the score itself (raised or lowered) or its distance from the clean score. From a random
 start in the eps ball, steps begin at 2 eps and are halved at checkpoints (after 22%
 of the budget, then at shrinking intervals of at least 6%) whenever fewer than 75% of
 the steps since the last checkpoint raised the objective, or the step was not halved
@@ -13,11 +13,11 @@ returned.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
-from .base import Attack, check_budget, check_count
+from .base import Attack, Objective, check_budget, check_count, check_seed
 from .pgd import BestIterate
 
 __all__ = ["APGD", "apgd_checkpoints"]
@@ -44,6 +44,7 @@ class APGD(Attack):
         restarts: int = 1,
         rho: float = 0.75,
         momentum: float = 0.75,
+        seed: int | None = None,
     ):
         check_budget("APGD", eps=eps)
         check_count("APGD", steps=steps, restarts=restarts)
@@ -57,6 +58,7 @@ class APGD(Attack):
         self.restarts = restarts
         self.rho = rho
         self.momentum = momentum
+        self.seed = check_seed("APGD", seed)
         self.name = "apgd" if steps == 50 else f"apgd-{steps}"
 
     def _project(self, images: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
@@ -82,10 +84,10 @@ class APGD(Attack):
             noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return (images + self.eps * noise).clamp(0, 1)
 
-    def _run(self, score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, sign: float, best: BestIterate) -> None:
+    def _restart(self, objective: Objective, images: torch.Tensor, best: BestIterate) -> None:
         def value_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             x = x.detach().requires_grad_(True)
-            values = sign * score(x)
+            values = objective(x)
             (grad,) = torch.autograd.grad(values.sum(), x)
             return values.detach().float(), grad.detach()
 
@@ -128,8 +130,8 @@ class APGD(Attack):
                 increases.zero_()
                 last_checkpoint = i + 1
 
-    def perturb(self, score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, sign: float) -> torch.Tensor:
+    def perturb(self, objective: Objective, images: torch.Tensor) -> torch.Tensor:
         best = BestIterate(images)
         for _ in range(self.restarts):
-            self._run(score, images, sign, best)
+            self._restart(objective, images, best)
         return best.images

@@ -6,12 +6,20 @@ takes ``(model, images)`` and returns adversarial images that stay in [0, 1] and
 inside the budget. Attacks work on any module that maps images to scores (pyiqa
 metrics included), run it in eval mode with frozen weights and give it back as it
 came (every module's mode, ``requires_grad``, parameters, buffers and ``.grad``).
+
+What an attack maximises is its objective: the score (``"up"``), its negative
+(``"down"``), or the squared distance from the clean image's score (``"away"``, either
+way: what consistency training needs). Training defences run the same attacks on the
+score function they are given with :meth:`Attack.run`. An attack with a ``seed`` draws
+its random start from that seed on every call, so its result is reproducible from the
+call alone (and the evaluation cache, which keys on every setting, tells seeds apart).
 """
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -19,9 +27,31 @@ from torch import nn
 from ..modes import measuring
 from ..scoring import as_model_input, check_images, score_fn
 
-__all__ = ["Attack", "check_budget", "check_count", "Direction"]
+__all__ = ["Attack", "check_budget", "check_count", "check_seed", "Direction", "Objective", "objective"]
 
-Direction = Literal["up", "down"]
+Direction = Literal["up", "down", "away"]
+DIRECTIONS = ("up", "down", "away")
+Objective = Callable[[torch.Tensor], torch.Tensor]  # candidate images -> per-image values to maximise
+
+
+def objective(score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, direction: Direction) -> Objective:
+    """What an attack on ``images`` maximises: ``score`` (up), ``-score`` (down) or the squared
+    gap to the clean images' scores (away; one forward pass to read them)."""
+    if direction == "up":
+        return score
+    if direction == "down":
+        return lambda x: -score(x)
+    if direction == "away":
+        with torch.no_grad():
+            clean = score(images).detach()
+        return lambda x: (score(x) - clean).square()
+    raise ValueError(f"direction must be one of {', '.join(map(repr, DIRECTIONS))}, got {direction!r}")
+
+
+def check_seed(attack: str, seed: int | None) -> int | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"{attack} needs an integer seed or None, got seed={seed!r}")
+    return seed
 
 
 def check_budget(attack: str, **values: float) -> float:
@@ -42,32 +72,48 @@ def check_count(attack: str, **values: int) -> None:
 class Attack(abc.ABC):
     """Base class: ``attack(model, images, direction="up") -> adversarial images``.
 
-    Subclasses implement :meth:`perturb` on one batch that is already on the
-    model's device and checked; the base class handles checking, eval mode and
-    frozen weights (both restored afterwards), batching and device moves.
+    Subclasses implement :meth:`perturb` on one batch that is already on the model's
+    device, given the objective to maximise; the base class handles checking, eval mode
+    and frozen weights (both restored afterwards), batching, device moves and the seed.
     """
 
     name: str = "attack"
+    seed: int | None = None  # random attacks take it in their constructor
 
     def __call__(
         self, model: nn.Module, images: torch.Tensor, direction: Direction = "up", batch_size: int | None = None
     ) -> torch.Tensor:
         check_images(images)
-        if direction not in ("up", "down"):
-            raise ValueError(f"direction must be 'up' or 'down', got {direction!r}")
-        sign = 1.0 if direction == "up" else -1.0
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(map(repr, DIRECTIONS))}, got {direction!r}")
         batch_size = batch_size or images.shape[0]
         out = []
-        with measuring(model):
+        with measuring(model), self.seeded(images.device):
             for start in range(0, images.shape[0], batch_size):
                 batch = as_model_input(images[start : start + batch_size], model)
-                adversarial = self.perturb(score_fn(model), batch, sign).detach().clamp_(0, 1)
-                out.append(adversarial.to(images.device, images.dtype))
+                out.append(self.run(score_fn(model), batch, direction).to(images.device, images.dtype))
         return torch.cat(out)
 
+    def run(self, score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, direction: Direction = "up") -> torch.Tensor:
+        """The attack on a score function as it is: no checks, no mode changes, no seed (the
+        global RNG is used). What training defences call, with the model in the mode they chose."""
+        with torch.enable_grad():
+            return self.perturb(objective(score, images, direction), images).detach().clamp_(0, 1)
+
+    @contextlib.contextmanager
+    def seeded(self, device: torch.device) -> Iterator[None]:
+        """The attack's own random stream when it has a seed; the global RNG is left as it was."""
+        if self.seed is None:
+            yield
+            return
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            yield
+
     @abc.abstractmethod
-    def perturb(self, score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, sign: float) -> torch.Tensor:
-        """Adversarial version of ``images`` that moves ``sign * score`` up."""
+    def perturb(self, objective: Objective, images: torch.Tensor) -> torch.Tensor:
+        """Adversarial version of ``images`` that raises ``objective`` (per-image values)."""
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

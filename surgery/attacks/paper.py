@@ -13,11 +13,10 @@ result can be up to 10/255 + eps away from the image (clamped to [0, 1] at the e
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 
-from .base import Attack, check_budget, check_count
+from .base import Attack, Objective, check_budget, check_count, check_seed
 
 __all__ = ["PaperPGD"]
 
@@ -25,18 +24,19 @@ __all__ = ["PaperPGD"]
 class PaperPGD(Attack):
     """``paper-pgd-K`` in :func:`surgery.evaluate`: the paper code's attack, budget exceeded on purpose."""
 
-    def __init__(self, eps: float = 4 / 255, steps: int = 1, start_bound: float = 10 / 255):
+    def __init__(self, eps: float = 4 / 255, steps: int = 1, start_bound: float = 10 / 255, seed: int | None = None):
         check_budget("PaperPGD", eps=eps, start_bound=start_bound)
         check_count("PaperPGD", steps=steps)
         self.eps = eps
         self.steps = steps
         self.start_bound = start_bound
+        self.seed = check_seed("PaperPGD", seed)
         self.name = f"paper-pgd-{steps}"
 
-    def perturb(self, score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, sign: float) -> torch.Tensor:
+    def perturb(self, objective: Objective, images: torch.Tensor) -> torch.Tensor:
         delta = torch.rand_like(images)
         for _ in range(self.steps):
             delta = delta.clamp(-self.start_bound, self.start_bound).requires_grad_(True)
-            (grad,) = torch.autograd.grad((sign * score(images + delta)).sum(), delta)
+            (grad,) = torch.autograd.grad(objective(images + delta).sum(), delta)
             delta = (delta + self.eps * grad.sign()).detach()
         return (images + delta).clamp(0, 1)

@@ -10,17 +10,18 @@ last iterate; with 8 steps of 1/255 it cannot even reach eps = 10/255.
 ``random_start=True`` is the attack allowed to win (``pgd-K-rs`` in
 :func:`surgery.evaluate`): a uniform start in the eps ball, steps of 2.5 eps / K
 (Madry et al.), projection after every step, ``restarts`` independent runs, and
-the best iterate of every run kept per image. ``norm="l2"`` gives the l2 variant
-(eps is then an l2 radius over the whole image).
+the best iterate of every run kept per image (``best_iterate=False``: the last, one
+forward pass fewer, as consistency training uses it). ``norm="l2"`` gives the l2
+variant (eps is then an l2 radius over the whole image).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
-from .base import Attack, check_budget, check_count
+from .base import Attack, Objective, check_budget, check_count, check_seed
 
 __all__ = ["PGD", "default_alpha", "EPS_GRID", "BestIterate"]
 
@@ -36,7 +37,7 @@ def default_alpha(eps: float, steps: int, random_start: bool = False) -> float:
 
 
 class BestIterate:
-    """Per-image best adversarial images over iterates and restarts (highest ``sign * score``)."""
+    """Per-image best adversarial images over iterates and restarts (highest objective)."""
 
     def __init__(self, images: torch.Tensor):
         self.images = images.detach().clone()
@@ -60,6 +61,8 @@ class PGD(Attack):
         norm: Literal["linf", "l2"] = "linf",
         random_start: bool = False,
         restarts: int = 1,
+        best_iterate: bool | None = None,
+        seed: int | None = None,
     ):
         check_budget("PGD", eps=eps)
         check_count("PGD", steps=steps, restarts=restarts)
@@ -73,6 +76,10 @@ class PGD(Attack):
         self.norm = norm
         self.random_start = random_start
         self.restarts = restarts
+        self.best_iterate = random_start if best_iterate is None else bool(best_iterate)
+        if restarts > 1 and not self.best_iterate:
+            raise ValueError("restarts > 1 needs best_iterate=True: only the best of the runs is kept")
+        self.seed = check_seed("PGD", seed)
         self.name = f"pgd-{steps}-rs" if random_start else f"pgd-{steps}"
 
     def _project(self, delta: torch.Tensor) -> torch.Tensor:
@@ -98,13 +105,13 @@ class PGD(Attack):
             delta = delta * radius / delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return (images + delta).clamp(0, 1) - images
 
-    def perturb(self, score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, sign: float) -> torch.Tensor:
-        best = BestIterate(images) if self.random_start else None
+    def perturb(self, objective: Objective, images: torch.Tensor) -> torch.Tensor:
+        best = BestIterate(images) if self.best_iterate else None
         for _ in range(self.restarts):
             delta = self._start(images)
             for _ in range(self.steps):
                 delta.requires_grad_(True)
-                values = sign * score(images + delta)
+                values = objective(images + delta)
                 (grad,) = torch.autograd.grad(values.sum(), delta)
                 with torch.no_grad():
                     if best is not None:
@@ -114,5 +121,5 @@ class PGD(Attack):
             if best is None:
                 return images + delta
             with torch.no_grad():
-                best.update(images + delta, sign * score(images + delta))
+                best.update(images + delta, objective(images + delta))
         return best.images

@@ -9,12 +9,11 @@ the flow is clamped to it after every step, so the attack always respects it.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .base import Attack, check_budget, check_count
+from .base import Attack, Objective, check_budget, check_count
 
 __all__ = ["StAdv", "warp", "flow_smoothness"]
 
@@ -45,7 +44,7 @@ def flow_smoothness(flow: torch.Tensor) -> torch.Tensor:
 
 
 class StAdv(Attack):
-    """Flow-field attack: Adam on the flow, loss = -sign * score + tau * smoothness.
+    """Flow-field attack: Adam on the flow, loss = -objective + tau * smoothness.
 
     ``tau`` weighs the per-pixel smoothness against the score, so it does not
     depend on the image size; ``lr`` is Adam's step in pixels.
@@ -63,11 +62,11 @@ class StAdv(Attack):
         self.tau = tau
         self.lr = lr
 
-    def perturb(self, score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, sign: float) -> torch.Tensor:
+    def perturb(self, objective: Objective, images: torch.Tensor) -> torch.Tensor:
         flow = torch.zeros(images.shape[0], 2, *images.shape[-2:], device=images.device, requires_grad=True)
         optimizer = torch.optim.Adam([flow], lr=self.lr)
         for _ in range(self.steps):
-            loss = (-sign * score(warp(images, flow)) + self.tau * flow_smoothness(flow)).sum()
+            loss = (-objective(warp(images, flow)) + self.tau * flow_smoothness(flow)).sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

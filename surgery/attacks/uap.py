@@ -11,7 +11,6 @@ ball of radius ``eps``. :meth:`UAP.fit` trains it, calling the attack applies it
 from __future__ import annotations
 
 import os
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,7 @@ from torch import nn
 from ..files import atomic_save
 from ..modes import measuring
 from ..scoring import as_model_input, check_images, model_device, score_fn
-from .base import Attack, Direction, check_budget, check_count
+from .base import Attack, Direction, Objective, check_budget, check_count, objective
 
 __all__ = ["UAP"]
 
@@ -52,7 +51,6 @@ class UAP(Attack):
     ) -> torch.Tensor:
         """Train the perturbation on ``images``; returns it, (3, *size)."""
         check_images(images)
-        sign = 1.0 if direction == "up" else -1.0
         device = model_device(model)
         score = score_fn(model)
         delta = torch.zeros(images.shape[1], *self.size, device=device)
@@ -62,14 +60,14 @@ class UAP(Attack):
                     batch = as_model_input(images[start : start + batch_size], model)
                     delta.requires_grad_(True)
                     resized = F.interpolate(delta[None], size=batch.shape[-2:], mode="bilinear", align_corners=False)
-                    objective = sign * score((batch + resized).clamp(0, 1)).mean()
-                    (grad,) = torch.autograd.grad(objective, delta)
+                    value = objective(score, batch, direction)((batch + resized).clamp(0, 1)).mean()
+                    (grad,) = torch.autograd.grad(value, delta)
                     with torch.no_grad():
                         delta = (delta + self.alpha * grad.sign()).clamp(-self.eps, self.eps)
         self.perturbation = delta.detach().cpu()
         return self.perturbation
 
-    def perturb(self, score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, sign: float) -> torch.Tensor:
+    def perturb(self, objective: Objective, images: torch.Tensor) -> torch.Tensor:
         return images + self._resized(*images.shape[-2:], images.device)
 
     def __call__(self, model, images, direction: Direction = "up", batch_size: int | None = None) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import piq
 import torch
 
+from ..attacks.pgd import PGD
 from .base import Defense, LossFn, ScoreFn
 
 __all__ = ["AdversarialTraining"]
@@ -25,9 +26,8 @@ class AdversarialTraining(Defense):
         self.label_range = label_range
 
     def adversarial(self, score: ScoreFn, images: torch.Tensor) -> torch.Tensor:
-        x = images.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(score(x).sum(), x)
-        return (images + self.eps * grad.sign()).clamp(0, 1).detach()
+        """One FGSM step raising the score, with the model in its training mode."""
+        return PGD(eps=self.eps, steps=1).run(score, images.detach(), direction="up")
 
     def adversarial_labels(self, images: torch.Tensor, adversarial: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         low, high = self.label_range if self.label_range is not None else (targets.min().item(), targets.max().item())

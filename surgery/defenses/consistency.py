@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..attacks.base import check_budget, check_count
+from ..attacks.pgd import PGD
 from .base import Defense, LossFn, ScoreFn, as_at_inference
 
 __all__ = ["ConsistencyTraining"]
@@ -34,20 +35,14 @@ class ConsistencyTraining(Defense):
         self.beta = float(beta)
         self.alpha = check_budget("ConsistencyTraining", alpha=alpha) if alpha is not None else 2.5 * eps / steps
 
+    def attack(self) -> PGD:
+        """The inner attack: random-start PGD moving the score away from the clean one, last iterate."""
+        return PGD(eps=self.eps, steps=self.steps, alpha=self.alpha, random_start=True, best_iterate=False)
+
     def adversarial(self, score: ScoreFn, images: torch.Tensor) -> torch.Tensor:
         """The image in the eps ball whose score is farthest from the clean image's."""
-        images = images.detach()
-        with torch.enable_grad(), as_at_inference(score):
-            with torch.no_grad():
-                clean = score(images)
-            noise = torch.empty_like(images).uniform_(-self.eps, self.eps)
-            x = (images + noise).clamp(0, 1)
-            for _ in range(self.steps):
-                x.requires_grad_(True)
-                (grad,) = torch.autograd.grad((score(x) - clean).square().sum(), x)
-                x = x.detach() + self.alpha * grad.sign()
-                x = torch.min(torch.max(x, images - self.eps), images + self.eps).clamp(0, 1)
-        return x.detach()
+        with as_at_inference(score):
+            return self.attack().run(score, images.detach(), direction="away")
 
     def loss(self, score: ScoreFn, images: torch.Tensor, targets: torch.Tensor, task_loss: LossFn) -> torch.Tensor:
         adversarial = self.adversarial(score, images)
