@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from .blocks import RobustBlockConfig
+from .modelfile import CONFIG_ATTR
 
 __all__ = [
     "HardenConfig", "PruneReport", "ResizedLayer", "CONFIG_ATTR", "CHANNEL_ATTRIBUTES", "layer_shape", "resize_layers", "record_pruning",
 ]
 
-CONFIG_ATTR = "surgery_config"
 
 # the width attributes torch-pruning updates when it narrows a layer
 CHANNEL_ATTRIBUTES = (

@@ -1,10 +1,10 @@
 """Saving and loading hardened models: atomic writes, ``weights_only`` reads.
 
-A file holds plain data only: the surgery record (blocks and pruned widths), the
-zoo spec when the model came from :func:`surgery.create_model`, the score range and
-the state_dict. Loading rebuilds the architecture, splices the same RobustBlocks,
-narrows the pruned layers in place and loads the weights, so no pickled code runs
-and nothing a file names is imported.
+A file holds plain data only (:mod:`surgery.modelfile`): the surgery record (blocks and
+pruned widths), the zoo spec when the model came from :func:`surgery.create_model`, the
+score range and the state_dict. Loading rebuilds the architecture, splices the same
+RobustBlocks, narrows the pruned layers in place and loads the weights, so no pickled
+code runs and nothing a file names is imported.
 """
 from __future__ import annotations
 
@@ -14,33 +14,18 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .config import CONFIG_ATTR, HardenConfig, resize_layers
-from .files import atomic_save
+from . import modelfile
+from .config import HardenConfig, resize_layers
 from .hardening import apply_config
-from .zoo import MODEL_SPEC_ATTR, create_model
+from .zoo import create_model
 
 __all__ = ["save", "load"]
-
-FORMAT = "surgery.model.v2"
-_READABLE = ("surgery.model.v1", FORMAT)  # v1: no pruning record, no score range
-_RECORDS = ("model", "harden", "state_dict")  # what every readable format holds
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> None:
     """Save a (hardened, pruned) model so :func:`load` can rebuild it: the surgery record,
     the zoo spec, ``score_range`` when the model has one, and the state_dict."""
-    config = getattr(model, CONFIG_ATTR, None)
-    score_range = getattr(model, "score_range", None)
-    atomic_save(
-        {
-            "format": FORMAT,
-            "model": getattr(model, MODEL_SPEC_ATTR, None),
-            "harden": config.to_dict() if config is not None else None,
-            "score_range": None if score_range is None else [float(v) for v in score_range],
-            "state_dict": model.state_dict(),
-        },
-        path,
-    )
+    modelfile.write(model, path)
 
 
 def load(
@@ -58,18 +43,7 @@ def load(
     may name (nothing a file names is ever imported).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no saved model at {path!r}")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path!r} is not a readable weights-only surgery file: {err}") from err
-    if not isinstance(data, dict) or data.get("format") not in _READABLE:
-        raise ValueError(f"{path!r} was not written by surgery.save (format {FORMAT!r} expected)")
-    missing = [key for key in _RECORDS if key not in data]
-    if missing or not isinstance(data["state_dict"], dict):
-        lacks = ", ".join(missing) if missing else "state_dict (not a dict)"
-        raise ValueError(f"{path!r} has the surgery format tag but lacks {lacks}: it is damaged; save the model again")
+    data = modelfile.read(path, map_location)
     if model is None:
         spec = data["model"]
         if spec is None:

@@ -30,7 +30,7 @@ from .fingerprint import data_fingerprint, differences, model_fingerprint, setti
 from .scoring import check_images, model_device, per_image_scores, scoring_network
 from .defenses.base import Defense, TrainingScore
 from .files import atomic_save
-from .io import save
+from . import modelfile
 from .losses import get_loss
 from .modes import preserved_modes, state_copy
 
@@ -269,7 +269,7 @@ class _Checkpoints:
 
     def save_best(self, model: nn.Module) -> str | None:
         if self.best is not None and self.write:
-            save(model, self.best)
+            modelfile.write(model, self.best)
         return self.best
 
     def save_last(self, model, optimizer, scheduler, generator, epoch: int, result: FinetuneResult, run: dict) -> None:
@@ -440,7 +440,7 @@ def finetune(
             dist.barrier()
 
     if result.best_path is not None and os.path.isfile(result.best_path):
-        best_state = torch.load(result.best_path, map_location=device, weights_only=True)["state_dict"]
+        best_state = modelfile.read(result.best_path, device)["state_dict"]
     if best_state is not None:
         model.load_state_dict(best_state)
     if use_channels_last:

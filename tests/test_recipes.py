@@ -71,12 +71,13 @@ def test_robustify_copies_the_model_and_uses_the_recipe_defense(monkeypatch):
 
 def test_paper_recipe_splices_prunes_and_fine_tunes():
     images, targets = cluster_data(32, 8)
+    model = SmallCNN()
     robust, result = surgery.robustify(
-        SmallCNN(), (images, targets), recipe="paper", harden_options={"input_size": (3, 32, 32)}, epochs=1, loss="mse",
-        progress=False,
+        model, (images, targets), recipe="paper", harden_options={"input_size": (3, 32, 32)}, epochs=1, loss="mse",
+        lr=1e-2, progress=False,
     )
     assert surgery.robust_blocks(robust) and robust.surgery_config.pruning
-    assert result.history[0]["train_loss"] > 0
+    assert len(result.history) == 1 and not torch.equal(robust.fc.bias, model.fc.bias)  # fine-tuned (pruning keeps it)
 
 
 def test_recipes_refuse_what_they_cannot_do():
@@ -104,7 +105,7 @@ def test_robustify_blends_back_toward_the_model_as_it_came_in(monkeypatch, inpla
     monkeypatch.setitem(RECIPES, "undo", surgery.Recipe("undo", "fine-tune, then keep none of it", blend=0.0))
     robust, result = surgery.robustify(model, (images, targets), recipe="undo", inplace=inplace, epochs=1, lr=1e-2,
                                        loss="mse", progress=False)
-    assert (robust is model) == inplace and result.history[0]["train_loss"] > 0
+    assert (robust is model) == inplace and len(result.history) == 1
     for key, value in robust.state_dict().items():
         if value.is_floating_point():
             torch.testing.assert_close(value, before["state"][key])

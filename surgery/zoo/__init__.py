@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..modelfile import MODEL_SPEC_ATTR
 from .default import DEFAULT_ROBUST_WEIGHTS, DefaultIQA
 from .heads import MLPHead, Normalize, TimmIQA
 from .koncept import KonCept512
@@ -33,7 +34,6 @@ __all__ = [
     "MODEL_SPEC_ATTR",
 ]
 
-MODEL_SPEC_ATTR = "surgery_model_spec"
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "default": DefaultIQA,
