@@ -1,4 +1,4 @@
-"""Command line: ``surgery harden | locate | describe | eval | demo`` (also ``python -m surgery``)."""
+"""Command line: ``surgery harden | locate | describe | eval | models | demo`` (also ``python -m surgery``)."""
 from __future__ import annotations
 
 import argparse
