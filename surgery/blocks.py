@@ -16,7 +16,7 @@ holds those options (``harden(model, **PAPER_CODE_BLOCK)``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Sequence, Union
 
 import torch
@@ -63,7 +63,9 @@ def hidden_width(hidden_channels: int | float | None, channels: int) -> int:
 
 @dataclass(frozen=True)
 class RobustBlockConfig:
-    """Everything needed to rebuild a RobustBlock; plain values only, so it saves as JSON."""
+    """Everything needed to rebuild a RobustBlock; plain values only, so it saves as JSON.
+    The one source of the block's settings and their defaults: :func:`surgery.harden` and
+    :class:`RobustBlock` take their defaults from it."""
 
     channels: int
     hidden_channels: int
@@ -79,19 +81,8 @@ class RobustBlockConfig:
 
     def build(self, layers: Sequence[type] = ()) -> "RobustBlock":
         """The block; ``layers`` are unregistered orthogonal layer classes ``ortho`` may name."""
-        return RobustBlock(
-            self.channels,
-            hidden_channels=self.hidden_channels,
-            pooled_size=self.pooled_size,
-            ortho=get_ortho(self.ortho, layers),
-            kernel_size=self.kernel_size,
-            reduce_kernel_size=self.reduce_kernel_size,
-            example_size=self.example_size,
-            pooling=self.pooling,
-            reduce_padding=self.reduce_padding,
-            ortho_options=self.ortho_options,
-            freeze=self.freeze,
-        )
+        settings = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "channels"}
+        return RobustBlock(self.channels, **{**settings, "ortho": get_ortho(self.ortho, layers)})
 
 
 class RobustBlock(nn.Module):
@@ -123,16 +114,16 @@ class RobustBlock(nn.Module):
         self,
         in_channels: int,
         hidden_channels: int | None = None,
-        pooled_size: PooledSize = "min",
-        ortho: str | type = "cayley",
-        kernel_size: int = 3,
-        reduce_kernel_size: int = 1,
+        pooled_size: PooledSize = RobustBlockConfig.pooled_size,
+        ortho: str | type = RobustBlockConfig.ortho,
+        kernel_size: int = RobustBlockConfig.kernel_size,
+        reduce_kernel_size: int = RobustBlockConfig.reduce_kernel_size,
         bias: bool = True,
-        example_size: tuple[int, int] | None = None,
-        pooling: str = "avg",
-        reduce_padding: bool = True,
-        ortho_options: dict[str, Any] | None = None,
-        freeze: bool = False,
+        example_size: tuple[int, int] | None = RobustBlockConfig.example_size,
+        pooling: str = RobustBlockConfig.pooling,
+        reduce_padding: bool = RobustBlockConfig.reduce_padding,
+        ortho_options: dict[str, Any] | None = RobustBlockConfig.ortho_options,
+        freeze: bool = RobustBlockConfig.freeze,
     ):
         super().__init__()
         hidden_channels = hidden_width(hidden_channels, in_channels)

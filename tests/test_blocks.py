@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import surgery
 from surgery.blocks import PAPER_CODE_BLOCK, RobustBlock, RobustSplice
 from surgery.ortho import CayleyConv2d
 
@@ -100,3 +101,16 @@ def test_paper_code_block_options_are_checked():
         RobustBlock(8, ortho="aol", ortho_options={"scale": 1.0})
     with pytest.raises(ValueError, match="too small"):
         RobustBlock(8, reduce_kernel_size=3, reduce_padding=False, pooled_size="keep")(torch.randn(1, 8, 2, 2))
+
+
+def test_the_block_settings_have_one_source_of_defaults():
+    import dataclasses
+    import inspect
+
+    defaults = {f.name: f.default for f in dataclasses.fields(surgery.RobustBlockConfig) if f.default is not dataclasses.MISSING}
+    for function in (surgery.harden, surgery.RobustBlock.__init__):
+        parameters = inspect.signature(function).parameters
+        shared = {name: parameters[name].default for name in defaults if name in parameters}
+        assert shared == {name: defaults[name] for name in shared} and len(shared) >= 7, function
+    config = surgery.RobustBlockConfig(channels=8, hidden_channels=4, kernel_size=1, pooled_size=6)
+    assert config.build().config == config  # build passes every setting

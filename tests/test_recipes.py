@@ -90,9 +90,18 @@ def test_recipes_refuse_what_they_cannot_do():
 
 
 def test_the_strong_recipe_is_the_robust_one_without_the_blend():
-    robust, strong = (RECIPES[name].defense(0.5) for name in ("robust", "robust-strong"))
-    assert (robust.beta, robust.eps, robust.steps) == (strong.beta, strong.eps, strong.steps) and robust.scale == 0.5
-    assert 0 < RECIPES["robust"].blend < 1 and RECIPES["robust-strong"].blend is None
+    """Same fine-tune (same seed and data), then the robust recipe keeps its blend of the change."""
+    images, targets = cluster_data(16, 8)
+    model = SmallCNN()
+    options = {"epochs": 1, "lr": 1e-2, "loss": "mse", "progress": False, "seed": 3}
+    strong, _ = surgery.robustify(model, (images, targets), recipe="robust-strong", **options)
+    robust, _ = surgery.robustify(model, (images, targets), recipe="robust", **options)
+    keep = RECIPES["robust"].blend
+    assert 0 < keep < 1 and RECIPES["robust-strong"].blend is None
+    start, fine_tuned = model.state_dict(), strong.state_dict()
+    for key, value in robust.state_dict().items():
+        torch.testing.assert_close(value, start[key] + keep * (fine_tuned[key] - start[key]))
+    assert not torch.allclose(fine_tuned["fc.weight"], start["fc.weight"])
 
 
 @pytest.mark.parametrize("inplace", [False, True])
