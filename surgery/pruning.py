@@ -145,6 +145,10 @@ def prune(
     importance = (
         tp.importance.MagnitudeImportance(p=2) if method == "l2" else PLSImportance(pls_importances(model, calib, calib_targets))
     )
+    # torch-pruning (1.3-1.6) traces the plain ops inside every module, even one with a
+    # customised pruner or in ignored_layers: the block's FFT / Cayley ops break its channel
+    # inference, and an ignored block still has its input side pruned. So while the graph is
+    # built each block is stood in for by a C -> C 1x1 conv, and groups touching it are skipped.
     splices = [m for m in model.modules() if isinstance(m, RobustSplice)]
     blocks = [s.robust for s in splices]
     stand_ins = [nn.Conv2d(b.config.channels, b.config.channels, 1).to(param.device) for b in blocks]
