@@ -154,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument(
         "--attacks", nargs="+", default=list(DEFAULT_ATTACKS),
         help="the paper's protocol: pgd-K (pgd-1, pgd-8), uap, stadv; strong: pgd-K-rs (e.g. pgd-50-rs), apgd, apgd-K; "
+        "black-box (score-based, a masking check): square-Q (Q queries, e.g. square-1000); "
         "the paper code's own attack (exceeds the budget): paper-pgd-K",
     )
     p_eval.add_argument("--batch-size", type=_positive_int, default=8)

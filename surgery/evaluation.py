@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics
-from .attacks import APGD, EPS_GRID, PGD, UAP, Attack, PaperPGD, StAdv
+from .attacks import APGD, EPS_GRID, PGD, UAP, Attack, PaperPGD, Square, StAdv
 from .scoring import as_model_input, check_images, model_score_range, score_fn, scores
 from .modes import measuring
 from .files import atomic_save, atomic_write_text
@@ -47,7 +47,8 @@ def resolve_attacks(
 
     Over the eps grid: ``"pgd-K"`` (the paper's protocol; ``"fgsm"`` = ``"pgd-1"``),
     ``"pgd-K-rs"`` (strong PGD: random start, steps of 2.5 eps / K, best iterate),
-    ``"apgd"`` / ``"apgd-K"`` (Auto-PGD, 50 or K steps) and ``"paper-pgd-K"`` (the paper
+    ``"apgd"`` / ``"apgd-K"`` (Auto-PGD, 50 or K steps), ``"square-Q"`` (Square Attack, Q
+    queries: score-based, no gradients) and ``"paper-pgd-K"`` (the paper
     code's non-standard attack, which exceeds the budget). Once with their defaults:
     ``"uap"`` and ``"stadv"``. An :class:`Attack` instance runs as given.
     """
@@ -72,7 +73,7 @@ def resolve_attacks(
         else:
             raise ValueError(
                 f"unknown attack {spec!r}: use 'pgd-K' (the paper's protocol, e.g. 'pgd-1', 'pgd-8', 'fgsm'), "
-                "'pgd-K-rs', 'apgd', 'apgd-K', 'paper-pgd-K', 'uap', 'stadv' or an Attack"
+                "'pgd-K-rs', 'apgd', 'apgd-K', 'square-Q', 'paper-pgd-K', 'uap', 'stadv' or an Attack"
             )
     return runs
 
@@ -90,6 +91,8 @@ def _grid_attack(key: str):
         return lambda eps: APGD(eps=eps)
     if key.startswith("apgd-") and steps(key[5:]):
         return lambda eps: APGD(eps=eps, steps=steps(key[5:]))
+    if key.startswith("square-") and steps(key[7:]):
+        return lambda eps: Square(eps=eps, queries=steps(key[7:]))
     return None
 
 

@@ -21,8 +21,12 @@ def _colours(models: list[str]) -> dict[str, str]:
 def plot_curves(table: Table, path: str | os.PathLike, metric: str = "abs_gain") -> Figure:
     """One panel per eps-swept attack, one line per model (its colour the same in every
     panel): ``metric`` against eps (x 1/255). Saved to ``path``; the figure is returned."""
-    swept = [r for r in table.rows if r.get("eps") is not None]
-    attacks = list(dict.fromkeys(r["attack"] for r in swept))
+    with_eps = [r for r in table.rows if r.get("eps") is not None]
+    budgets: dict[str, set] = {}
+    for row in with_eps:
+        budgets.setdefault(row["attack"], set()).add(row["eps"])
+    attacks = [attack for attack, values in budgets.items() if len(values) > 1]  # UAP runs at one eps: no curve
+    swept = [r for r in with_eps if r["attack"] in attacks]
     if not attacks:
         raise ValueError("the table has no attack swept over eps (pgd-K, pgd-K-rs, apgd): nothing to plot against eps")
     colours = _colours(list(dict.fromkeys(r["model"] for r in swept)))

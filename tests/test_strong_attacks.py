@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from surgery.attacks import APGD, PGD, PaperPGD, StAdv, UAP, apgd_checkpoints, scores
+from surgery.attacks import APGD, PGD, PaperPGD, Square, StAdv, UAP, apgd_checkpoints, scores
 from surgery.evaluation import evaluate, resolve_attacks
 from tests.models import SmallCNN
 
@@ -162,3 +162,32 @@ def test_bad_attack_settings_are_refused(build, match):
 def test_bad_images_are_refused_by_every_attack(model, attack, bad, match):
     with pytest.raises(ValueError, match=match):
         attack(model, bad)
+
+
+@pytest.mark.parametrize("size", [(9, 9), (12, 20)])
+def test_square_stays_in_budget_and_raises_the_score_without_gradients(size):
+    torch.manual_seed(0)
+    model, images = SmallCNN(), torch.rand(4, 3, *size)
+    attack = Square(eps=8 / 255, queries=60, seed=0)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: pytest.fail("Square computed a gradient"), lambda t: t):
+        adversarial = attack(model, images)
+    assert (adversarial - images).abs().max() <= 8 / 255 + 1e-6 and 0 <= adversarial.min() and adversarial.max() <= 1
+    gain = (scores(model, adversarial) - scores(model, images)).mean()
+    noise = (images + torch.empty_like(images).uniform_(-8 / 255, 8 / 255)).clamp(0, 1)
+    assert gain > 0 and gain > (scores(model, noise) - scores(model, images)).mean()
+    lowered = attack(model, images, direction="down")
+    assert (scores(model, lowered) - scores(model, images)).mean() < 0
+    assert torch.equal(attack(model, images), adversarial)  # seeded: reproducible from the call
+
+
+def test_square_costs_one_forward_per_query():
+    model, calls = SmallCNN(), []
+    model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    Square(eps=4 / 255, queries=25, seed=1)(model, torch.rand(3, 3, 10, 10))
+    assert calls == [3] * 25
+
+
+def test_square_runs_in_evaluate_over_the_eps_grid():
+    runs = resolve_attacks(["square-30"], eps_grid=(2 / 255, 4 / 255))
+    expected = [("square-30", 30, 2 / 255), ("square-30", 30, 4 / 255)]
+    assert [(name, attack.queries, attack.eps) for name, _, attack in runs] == expected
