@@ -241,23 +241,6 @@ def test_cpu_lu_runs_on_one_thread_and_a_broken_result_is_refused(monkeypatch):
         linalg.series_solve(phase, coef, rhs)
 
 
-def test_cayley_does_not_hang_where_threaded_lu_does():
-    """On some machines batched LU of size 192 never returns after torch.set_num_threads(2)."""
-    script = (
-        "import torch\n"
-        "torch.set_num_threads(2)\n"
-        "from surgery.ortho import CayleyConv2d\n"
-        "torch.manual_seed(0)\n"
-        "layer = CayleyConv2d(96, 192, 3)\n"
-        "x = torch.randn(1, 96, 8, 8)\n"
-        "y = layer(x) - layer.bias.view(1, -1, 1, 1)\n"
-        "print('RATIO', (y.norm() / x.norm()).item())\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert abs(float(done.stdout.split("RATIO")[-1]) - 1) < 1e-5
-
-
 def test_lu_failure_everywhere_raises_clear_error(monkeypatch):
     real = linalg._factor_in_place
     monkeypatch.setattr(linalg, "_factor_in_place", lambda m: (lambda lu, p: (lu.fill_(float("nan")), p))(*real(m)))
@@ -289,23 +272,23 @@ def test_registry_names_classes_and_errors():
         get_ortho(ortho_name(nn.Conv2d))
 
 
-@pytest.mark.slow
-def test_faulty_threaded_lu_is_avoided_without_printing_the_library_errors():
-    """On builds whose batched LU breaks at size >= 256 on 2 threads, MKL prints thousands of
-    CLASWP errors to standard output before failing; the checked path must print none."""
+@pytest.mark.parametrize("c_in,c_out,side", [(96, 192, 8), pytest.param(256, 512, 16, marks=pytest.mark.slow)])
+def test_threaded_lu_faults_are_avoided_without_hanging_or_printing(c_in, c_out, side):
+    """After torch.set_num_threads(2), some builds' batched LU prints thousands of MKL CLASWP
+    errors and fails (size >= 256), or never returns (seen from size 192): the checked path
+    must finish, print none of them and stay norm-preserving."""
     script = (
         "import torch\n"
         "torch.set_num_threads(2)\n"
         "from surgery.ortho import CayleyConv2d\n"
         "torch.manual_seed(0)\n"
-        "layer = CayleyConv2d(256, 512, 3)\n"
-        "x = torch.randn(1, 256, 16, 16)\n"
+        f"layer = CayleyConv2d({c_in}, {c_out}, 3)\n"
+        f"x = torch.randn(1, {c_in}, {side}, {side})\n"
         "y = layer(x) - layer.bias.view(1, -1, 1, 1)\n"
         "print('RATIO', (y.norm() / x.norm()).item())\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "MKL" not in done.stdout and "MKL" not in done.stderr
-    ratio = float(done.stdout.split("RATIO")[-1])
-    assert abs(ratio - 1) < 1e-5
+    assert abs(float(done.stdout.split("RATIO")[-1]) - 1) < 1e-5
 
