@@ -311,8 +311,8 @@ def attack_table(name, model, data, score_range, cache, attacks=("pgd-1", "pgd-8
     rows, summary = list(table.rows), dict(table.summaries[0])
     if strong:  # on the attacked images alone: the correlations are in the summary already
         lowered = surgery.evaluate(model, *data["attack"], attacks=strong, direction="down", **options)
-        rows += [{**r, "attack": f"{r['attack']} down"} for r in lowered.rows if r.get("attack") in strong]
-        summary.update({f"{a} down abs_gain_auc": -lowered.summaries[0][f"{a} abs_gain_auc"] for a in strong})
+        rows += [r for r in lowered.rows if r.get("attack") in {f"{a} down" for a in strong}]
+        summary.update({f"{a} down abs_gain_auc": lowered.summaries[0][f"{a} down abs_gain_auc"] for a in strong})
     return surgery.Table(rows, [summary])
 
 

@@ -157,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
         "black-box (score-based, a masking check): square-Q (Q queries, e.g. square-1000); "
         "the paper code's own attack (exceeds the budget): paper-pgd-K",
     )
+    p_eval.add_argument("--direction", choices=("up", "down", "both"), default="up",
+                        help="raise the score, lower it, or both (lowering rows are named '<attack> down')")
+    p_eval.add_argument("--seed", type=int, default=0, help="seed of the random attacks (random starts, Square)")
     p_eval.add_argument("--batch-size", type=_positive_int, default=8)
     p_eval.add_argument("--cache", help="folder to resume interrupted sweeps from")
     p_eval.add_argument(
@@ -300,7 +303,9 @@ def _evaluate(args) -> int:
     images, mos = dataset.tensors()
     if args.limit:
         images, mos = images[: args.limit], None if mos is None else mos[: args.limit]
-    table = surgery.compare(models, images, mos, args.attacks, batch_size=args.batch_size, cache=args.cache)
+    table = surgery.compare(
+        models, images, mos, args.attacks, direction=args.direction, seed=args.seed, batch_size=args.batch_size, cache=args.cache
+    )
     stem = os.path.splitext(args.out)[0]
     for suffix in TABLE_SUFFIXES:
         table.write(stem + suffix)

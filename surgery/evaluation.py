@@ -41,7 +41,7 @@ COLUMNS = ("model", "attack", "eps", "n", "mean_score", "abs_gain", "r_score", "
 
 
 def resolve_attacks(
-    specs: AttackSpec | Iterable[AttackSpec], eps_grid: Sequence[float] = EPS_GRID
+    specs: AttackSpec | Iterable[AttackSpec], eps_grid: Sequence[float] = EPS_GRID, seed: int | None = None
 ) -> list[tuple[str, float | None, Attack]]:
     """(attack name, eps or None, attack) for every run a list of specs asks for.
 
@@ -50,7 +50,8 @@ def resolve_attacks(
     ``"apgd"`` / ``"apgd-K"`` (Auto-PGD, 50 or K steps), ``"square-Q"`` (Square Attack, Q
     queries: score-based, no gradients) and ``"paper-pgd-K"`` (the paper
     code's non-standard attack, which exceeds the budget). Once with their defaults:
-    ``"uap"`` and ``"stadv"``. An :class:`Attack` instance runs as given.
+    ``"uap"`` and ``"stadv"``. An :class:`Attack` instance runs as given. The attacks that
+    draw random numbers (``pgd-K-rs``, ``apgd``, ``square-Q``, ``paper-pgd-K``) get ``seed``.
     """
     if isinstance(specs, (str, Attack)):  # one attack, not a string of one-letter names
         specs = [specs]
@@ -62,7 +63,7 @@ def resolve_attacks(
         key = str(spec).lower()
         if key == "fgsm":
             key = "pgd-1"
-        build = _grid_attack(key)
+        build = _grid_attack(key, seed)
         if build is not None:
             runs.extend((key, eps, build(eps)) for eps in eps_grid)
         elif key == "uap":
@@ -78,21 +79,21 @@ def resolve_attacks(
     return runs
 
 
-def _grid_attack(key: str):
+def _grid_attack(key: str, seed: int | None = None):
     """A builder eps -> attack for the names that expand over the eps grid, else None."""
     steps = lambda text: int(text) if text.isdigit() and int(text) >= 1 else None  # noqa: E731
     if key.startswith("paper-pgd-") and steps(key[10:]):
-        return lambda eps: PaperPGD(eps=eps, steps=steps(key[10:]))
+        return lambda eps: PaperPGD(eps=eps, steps=steps(key[10:]), seed=seed)
     if key.startswith("pgd-") and key.endswith("-rs") and steps(key[4:-3]):
-        return lambda eps: PGD(eps=eps, steps=steps(key[4:-3]), random_start=True)
+        return lambda eps: PGD(eps=eps, steps=steps(key[4:-3]), random_start=True, seed=seed)
     if key.startswith("pgd-") and steps(key[4:]):
         return lambda eps: PGD(eps=eps, steps=steps(key[4:]))
     if key == "apgd":
-        return lambda eps: APGD(eps=eps)
+        return lambda eps: APGD(eps=eps, seed=seed)
     if key.startswith("apgd-") and steps(key[5:]):
-        return lambda eps: APGD(eps=eps, steps=steps(key[5:]))
+        return lambda eps: APGD(eps=eps, steps=steps(key[5:]), seed=seed)
     if key.startswith("square-") and steps(key[7:]):
-        return lambda eps: Square(eps=eps, queries=steps(key[7:]))
+        return lambda eps: Square(eps=eps, queries=steps(key[7:]), seed=seed)
     return None
 
 
@@ -236,12 +237,13 @@ def evaluate(
     eps_grid: Sequence[float] = EPS_GRID,
     score_range: tuple[float, float] | None = None,
     train_images: torch.Tensor | None = None,
-    direction: str = "up",
+    direction: str | Sequence[str] = "up",
     attack_subset: Sequence[int] | torch.Tensor | None = None,
     batch_size: int = 8,
     cache: str | os.PathLike | None = None,
     name: str = "model",
     progress: bool = True,
+    seed: int | None = 0,
 ) -> Table:
     """Clean accuracy and attack robustness of ``model`` on ``images`` (N, 3, H, W) in [0, 1].
 
@@ -255,8 +257,17 @@ def evaluate(
     model carries (``model.score_range``), else the range of its scores on
     ``train_images``, else on ``images``; the summary says which. ``train_images`` also
     train the UAP.
+
+    ``direction``: ``"up"`` (raise the score), ``"down"`` (lower it), ``"both"`` or a list
+    of those. A lowering attack's rows are named ``"<attack> down"`` and keep the measured,
+    negative AbsGain; its summary gives the size (``"<attack> down abs_gain_auc"`` > 0 when
+    the attack lowered the score).
+
+    ``seed``: the random attacks named by string draw from it, so the same call gives the
+    same table (and the cache keys include it); None draws from the global RNG.
     """
     check_images(images)
+    directions = _directions(direction)
     clean = scores(model, images, batch_size)
     source = "given"
     if score_range is None and model_score_range(model) is not None:
@@ -285,40 +296,55 @@ def evaluate(
         images, clean = images[picked], clean[picked]
         target = target[picked] if mos is not None else None
         summary["attack_n"] = int(picked.numel())
-    runs = resolve_attacks(attacks, eps_grid)
+    attacks = [attacks] if isinstance(attacks, (str, Attack)) else list(attacks)
+    if len(directions) > 1 and any(isinstance(a, UAP) and a.perturbation is None for a in attacks):
+        raise ValueError(
+            "an unfitted UAP instance would be fitted for one direction only: pass 'uap' (fitted per direction) or a fitted UAP"
+        )
+    runs = resolve_attacks(attacks, eps_grid, seed)
     fingerprint = _fingerprint(images)
     store = _Cache(cache, name, model, fingerprint)
-    with tqdm(total=len(runs) * images.shape[0], desc=f"attacking {name}", disable=not progress, unit="img") as bar:
-        for attack_name, eps, attack in runs:
-            if isinstance(attack, UAP) and attack.perturbation is None:
-                attack.fit(model, train_images if train_images is not None else images, direction, batch_size)
-            key = attack_name if eps is None else f"{attack_name}-eps{eps * 255:g}"
-            key = f"{key}-{direction}-{attack_digest(attack)}"
-            attacked = _attacked_scores(model, attack, images, direction, batch_size, store, key, bar)
-            row = {k: None for k in COLUMNS} | {
-                "model": name,
-                "attack": attack_name,
-                "eps": None if eps is None else round(eps * 255, 6),
-                "n": int(images.shape[0]),
-                "mean_score": float(attacked.mean()),
-                "abs_gain": metrics.abs_gain(clean, attacked, lo, hi),
-                "r_score": metrics.r_score(clean, attacked, lo, hi),
-            }
-            if mos is not None:
-                for metric in ("srocc", "plcc", "krocc"):
-                    row[metric] = getattr(metrics, metric)(attacked, target)
-            rows.append(row)
+    total = len(runs) * len(directions) * images.shape[0]
+    with tqdm(total=total, desc=f"attacking {name}", disable=not progress, unit="img") as bar:
+        for direction in directions:
+            for attack_name, eps, attack in resolve_attacks(attacks, eps_grid, seed):  # names build fresh attacks per direction
+                if isinstance(attack, UAP) and attack.perturbation is None:
+                    attack.fit(model, train_images if train_images is not None else images, direction, batch_size)
+                key = attack_name if eps is None else f"{attack_name}-eps{eps * 255:g}"
+                key = f"{key}-{direction}-{attack_digest(attack)}"
+                attacked = _attacked_scores(model, attack, images, direction, batch_size, store, key, bar)
+                row = {k: None for k in COLUMNS} | {
+                    "model": name,
+                    "attack": attack_name if direction == "up" else f"{attack_name} down",
+                    "eps": None if eps is None else round(eps * 255, 6),
+                    "n": int(images.shape[0]),
+                    "mean_score": float(attacked.mean()),
+                    "abs_gain": metrics.abs_gain(clean, attacked, lo, hi),
+                    "r_score": metrics.r_score(clean, attacked, lo, hi),
+                }
+                if mos is not None:
+                    for metric in ("srocc", "plcc", "krocc"):
+                        row[metric] = getattr(metrics, metric)(attacked, target)
+                rows.append(row)
 
     for attack_name in dict.fromkeys(r["attack"] for r in rows[1:]):
         group = [r for r in rows if r["attack"] == attack_name]
+        size = -1.0 if attack_name.endswith(" down") else 1.0  # a lowering attack's gain, as a size
         if len(group) > 1 and all(r["eps"] is not None for r in group):
             eps_values = [r["eps"] for r in group]
-            summary[f"{attack_name} abs_gain_auc"] = metrics.auc(eps_values, [r["abs_gain"] for r in group])
+            summary[f"{attack_name} abs_gain_auc"] = size * metrics.auc(eps_values, [r["abs_gain"] for r in group])
             summary[f"{attack_name} r_score_auc"] = metrics.auc(eps_values, [r["r_score"] for r in group])
         else:
-            summary[f"{attack_name} abs_gain"] = group[0]["abs_gain"]
+            summary[f"{attack_name} abs_gain"] = size * group[0]["abs_gain"]
             summary[f"{attack_name} r_score"] = group[0]["r_score"]
     return Table(rows=rows, summaries=[summary])
+
+
+def _directions(direction: str | Sequence[str]) -> list[str]:
+    chosen = ["up", "down"] if direction == "both" else [direction] if isinstance(direction, str) else list(direction)
+    if not chosen or any(d not in ("up", "down") for d in chosen) or len(set(chosen)) != len(chosen):
+        raise ValueError(f"direction must be 'up', 'down', 'both' or a list of 'up' and 'down', got {direction!r}")
+    return chosen
 
 
 def compare(

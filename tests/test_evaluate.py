@@ -111,7 +111,24 @@ def test_cache_is_keyed_by_weights_settings_and_direction(data, tmp_path):
         evaluate(model, images, mos, attacks=[other_step], progress=False).rows[1]["mean_score"]
     )
     down = run(model, attacks=["pgd-1"], direction="down")
-    assert down.rows[1]["abs_gain"] < 0
+    assert down.rows[1]["attack"] == "pgd-1 down" and down.rows[1]["abs_gain"] < 0
+
+
+def test_both_directions_in_one_call_equal_one_call_each(data):
+    images, mos = data
+    model = TinyIQA().eval()
+    options = {"eps_grid": (2 / 255, 4 / 255), "progress": False}
+    attacks = ["pgd-2", "uap"]
+    both = evaluate(model, images, mos, attacks, direction="both", **options)
+    up = evaluate(model, images, mos, attacks, **options)
+    down = evaluate(model, images, mos, attacks, direction="down", **options)
+    assert both.rows == up.rows + down.rows[1:]
+    assert both.summaries[0] == {**up.summaries[0], **down.summaries[0]}
+    summary = both.summaries[0]
+    assert summary["pgd-2 down abs_gain_auc"] > 0 and summary["uap down abs_gain"] > 0  # sizes of the lowering
+    assert [r["abs_gain"] < 0 for r in both.rows if r["attack"] == "pgd-2 down"] == [True, True]
+    with pytest.raises(ValueError, match="direction must be"):
+        evaluate(model, images, mos, attacks, direction=["up", "sideways"], **options)
 
 
 def test_compare_hardened_and_original_side_by_side(data, tmp_path):
@@ -231,3 +248,15 @@ def test_tradeoff_defaults_to_the_strongest_attack_and_says_so(tmp_path):
     fig = report.plot_tradeoff(_sweep_table(), tmp_path / "tradeoff.png")
     assert fig.axes[0].get_title() == "apgd (the strongest attack run)"
     assert report.plot_tradeoff(_sweep_table(), tmp_path / "t.png", attack="pgd-1").axes[0].get_title() == "pgd-1"
+
+
+def test_random_attacks_are_reproducible_from_the_call_and_seeds_are_told_apart(data, tmp_path):
+    images, mos = data
+    model = TinyIQA().eval()
+    run = lambda **kw: evaluate(model, images, mos, ["pgd-3-rs", "apgd-3"], eps_grid=(4 / 255,), progress=False, **kw)  # noqa: E731
+    first = run()
+    torch.rand(5)  # the global RNG moved
+    assert run().rows == first.rows
+    cached = run(seed=1, cache=tmp_path)
+    assert run(seed=1, cache=tmp_path).rows == cached.rows == run(seed=1).rows
+    assert run(seed=2, cache=tmp_path).rows != cached.rows  # not served from seed 1's cache

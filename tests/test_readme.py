@@ -116,7 +116,7 @@ def namespace(default_model, monkeypatch, tmp_path):
     monkeypatch.setattr(
         surgery.evaluation,
         "resolve_attacks",
-        lambda specs, eps_grid=surgery.evaluation.EPS_GRID: full_resolve(_short_attacks(specs), tuple(eps_grid)[:2]),
+        lambda specs, eps_grid=surgery.evaluation.EPS_GRID, seed=None: full_resolve(_short_attacks(specs), tuple(eps_grid)[:2], seed),
     )
     monkeypatch.chdir(tmp_path)
 
