@@ -242,7 +242,7 @@ def _pretrained(name: str, kwargs: dict, checkpoint: str | None, random_weights:
         )
     if random_weights and checkpoint is None:
         print(f"surgery: warning: {name} has random weights (--random-weights): its scores mean nothing", file=sys.stderr)
-    return ships and not random_weights
+    return ships and not random_weights and checkpoint is None  # a checkpoint carries every weight
 
 
 def _zoo_model(name: str, kwargs: dict, checkpoint: str | None = None, random_weights: bool = False) -> tuple[nn.Module, bool]:

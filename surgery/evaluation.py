@@ -364,7 +364,7 @@ def compare(
     names build fresh attacks per model; an :class:`Attack` instance is used as
     given (a fitted UAP is applied unchanged, i.e. as a transfer attack).
     """
-    attacks = list(attacks)
+    attacks = [attacks] if isinstance(attacks, (str, Attack)) else list(attacks)
     table = Table()
     for name, model in models.items():
         rng = (score_ranges or {}).get(name, score_range)

@@ -146,7 +146,10 @@ def robustify(
                 raise ValueError(f"recipe {recipe!r} adds no block: harden_options {sorted(harden_options)} have no effect")
             hardened = model if inplace else copy.deepcopy(model)
         else:
-            hardened = harden(model, **{**chosen.harden, **(harden_options or {}), "inplace": inplace})
+            # the block starts from the run's seed, so a rerun with the same checkpoint_dir resumes it
+            with torch.random.fork_rng():
+                torch.manual_seed(finetune_options.get("seed", 0))
+                hardened = harden(model, **{**chosen.harden, **(harden_options or {}), "inplace": inplace})
         options = dict(finetune_options)
         if trained is not None:
             options["parameters"] = _same_parameters(hardened, original_names, trained)

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
 from . import metrics
@@ -109,8 +109,7 @@ def _check_images_up_front(dataset: Dataset, name: str) -> None:
     if isinstance(dataset, TensorDataset):
         check_images(dataset.tensors[0], what=f"{name} image")
         return
-    image = dataset[0][0]
-    check_images(image.unsqueeze(0) if torch.is_tensor(image) and image.ndim == 3 else image, [0], f"{name} image")
+    check_images(default_collate([dataset[0]])[0], [0], f"{name} image")  # as the loader will batch it
 
 
 def _check_parameters(model: nn.Module, params: Sequence[nn.Parameter]) -> None:
@@ -124,6 +123,14 @@ def _check_parameters(model: nn.Module, params: Sequence[nn.Parameter]) -> None:
             "training them would leave it unchanged (were they taken from the model before a copy?): pass "
             "parameters of this model, e.g. [p for n, p in model.named_parameters() if n.startswith('head.')]"
         )
+
+
+def _loss_name(loss: str | Callable) -> str:
+    """A loss as the same name in every process (a repr may hold a memory address)."""
+    if isinstance(loss, str):
+        return loss
+    named = loss if hasattr(loss, "__qualname__") else type(loss)
+    return f"{named.__module__}.{named.__qualname__}"
 
 
 def _scores(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -404,9 +411,9 @@ def finetune(
     if checkpoint_dir is not None:
         names = {id(p): name for name, p in model.named_parameters()}
         settings = {
-            "epochs": epochs, "loss": getattr(loss, "__qualname__", loss), "lr": lr, "weight_decay": weight_decay,
+            "epochs": epochs, "loss": _loss_name(loss), "lr": lr, "weight_decay": weight_decay,
             "batch_size": batch_size, "grad_clip": grad_clip, "defense": defense, "seed": seed, "amp": use_amp,
-            "channels_last": use_channels_last, "parameters": [names[id(p)] for p in params],
+            "world_size": dist.get_world_size() if distributed else 1, "parameters": [names[id(p)] for p in params],
         }
         run = {
             "model": model_fingerprint(model), "settings": settings_record(settings),

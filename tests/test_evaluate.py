@@ -260,3 +260,9 @@ def test_random_attacks_are_reproducible_from_the_call_and_seeds_are_told_apart(
     cached = run(seed=1, cache=tmp_path)
     assert run(seed=1, cache=tmp_path).rows == cached.rows == run(seed=1).rows
     assert run(seed=2, cache=tmp_path).rows != cached.rows  # not served from seed 1's cache
+
+
+def test_compare_takes_one_attack_by_name(data):
+    images, mos = data
+    table = compare({"a": TinyIQA().eval()}, images, mos, "pgd-1", eps_grid=(4 / 255,), progress=False)
+    assert {r["attack"] for r in table.rows} == {"clean", "pgd-1"}

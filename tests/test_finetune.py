@@ -259,3 +259,27 @@ def test_torchrun_without_a_process_group_trains_one_synchronised_model(tmp_path
     single = TinyIQA()
     finetune(single, *toy_split(), epochs=2, progress=False)
     assert not all(torch.equal(single.state_dict()[k], rank0[k]) for k in rank0)  # each rank saw half the data
+
+
+def test_the_run_record_names_a_callable_loss_and_the_world_size_the_same_in_every_process(tmp_path):
+    import functools
+
+    train, val = toy_split()
+    loss = functools.partial(surgery.losses.get_loss("mse"))
+    finetune(TinyIQA(), train, val, epochs=1, loss=loss, checkpoint_dir=tmp_path, progress=False)
+    settings = torch.load(tmp_path / "last.pt", weights_only=True)["run"]["settings"]
+    assert "0x" not in settings["loss"] and settings["world_size"] == 1 and "channels_last" not in settings
+
+
+def test_a_dataset_of_numpy_images_trains():
+    (images, targets), _ = toy_split()
+
+    class Arrays(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(targets)
+
+        def __getitem__(self, i):
+            return images[i].numpy(), float(targets[i])
+
+    result = finetune(TinyIQA(), Arrays(), epochs=1, loss="mse", progress=False)
+    assert len(result.history) == 1

@@ -207,3 +207,16 @@ def test_a_nan_training_score_is_named_without_a_spread_warning(recwarn):
     with pytest.raises(ValueError, match=r"training image\(s\) \[3\] have NaN"):
         surgery.robustify(SmallCNN(), (images, targets), epochs=1, progress=False)
     assert not [w for w in recwarn if "spread" in str(w.message)]
+
+
+def test_a_paper_recipe_run_resumes_from_its_checkpoint_folder(tmp_path):
+    """The block starts from the run's seed: the same call finds its own checkpoint, not another run's."""
+    images, targets = cluster_data(32, 8)
+    model = SmallCNN()
+    options = {"recipe": "paper", "harden_options": {"input_size": (3, 32, 32)}, "epochs": 1, "loss": "mse",
+               "progress": False, "checkpoint_dir": tmp_path}
+    first, history = surgery.robustify(model, (images, targets), **options)
+    again, resumed = surgery.robustify(model, (images, targets), **options)  # nothing left to train: resumed
+    assert resumed.history == history.history
+    for key, value in first.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key

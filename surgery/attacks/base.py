@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..modes import measuring
-from ..scoring import as_model_input, check_images, score_fn
+from ..scoring import as_model_input, check_images, model_device, score_fn
 
 __all__ = ["Attack", "check_budget", "check_count", "check_seed", "Direction", "Objective", "objective"]
 
@@ -88,7 +88,7 @@ class Attack(abc.ABC):
             raise ValueError(f"direction must be one of {', '.join(map(repr, DIRECTIONS))}, got {direction!r}")
         batch_size = batch_size or images.shape[0]
         out = []
-        with measuring(model), self.seeded(images.device):
+        with measuring(model), self.seeded(model_device(model)):
             for start in range(0, images.shape[0], batch_size):
                 batch = as_model_input(images[start : start + batch_size], model)
                 out.append(self.run(score_fn(model), batch, direction).to(images.device, images.dtype))
