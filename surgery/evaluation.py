@@ -31,7 +31,7 @@ from .attacks import APGD, EPS_GRID, PGD, UAP, Attack, PaperPGD, Square, StAdv
 from .scoring import as_model_input, check_images, model_score_range, score_fn, scores
 from .modes import measuring
 from .files import atomic_save, atomic_write_text
-from .fingerprint import update_digest
+from .fingerprint import model_fingerprint, update_digest
 
 __all__ = ["evaluate", "compare", "Table", "AttackSpec", "DEFAULT_ATTACKS", "resolve_attacks"]
 
@@ -53,10 +53,8 @@ def resolve_attacks(
     ``"uap"`` and ``"stadv"``. An :class:`Attack` instance runs as given. The attacks that
     draw random numbers (``pgd-K-rs``, ``apgd``, ``square-Q``, ``paper-pgd-K``) get ``seed``.
     """
-    if isinstance(specs, (str, Attack)):  # one attack, not a string of one-letter names
-        specs = [specs]
     runs = []
-    for spec in specs:
+    for spec in attack_list(specs):
         if isinstance(spec, Attack):
             runs.append((spec.name, getattr(spec, "eps", None), spec))
             continue
@@ -77,6 +75,11 @@ def resolve_attacks(
                 "'pgd-K-rs', 'apgd', 'apgd-K', 'square-Q', 'paper-pgd-K', 'uap', 'stadv' or an Attack"
             )
     return runs
+
+
+def attack_list(specs: AttackSpec | Iterable[AttackSpec]) -> list[AttackSpec]:
+    """Attack specs as a list: one name or Attack is one attack, not a string of one-letter names."""
+    return [specs] if isinstance(specs, (str, Attack)) else list(specs)
 
 
 def _grid_attack(key: str, seed: int | None = None):
@@ -104,13 +107,9 @@ def _fingerprint(images: torch.Tensor) -> str:
 
 
 def model_digest(model: nn.Module) -> str:
-    """A digest of every parameter and buffer: a re-hardened or further trained model
-    under the same name gets fresh cached scores."""
-    digest = hashlib.sha1(type(model).__name__.encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        update_digest(digest, tensor)
-    return digest.hexdigest()[:12]
+    """A digest of the class and every parameter and buffer: a re-hardened or further trained
+    model under the same name gets fresh cached scores."""
+    return hashlib.sha1(f"{type(model).__name__}:{model_fingerprint(model)}".encode()).hexdigest()[:12]
 
 
 def attack_digest(attack: Attack) -> str:
@@ -296,18 +295,19 @@ def evaluate(
         images, clean = images[picked], clean[picked]
         target = target[picked] if mos is not None else None
         summary["attack_n"] = int(picked.numel())
-    attacks = [attacks] if isinstance(attacks, (str, Attack)) else list(attacks)
+    attacks = attack_list(attacks)
     if len(directions) > 1 and any(isinstance(a, UAP) and a.perturbation is None for a in attacks):
         raise ValueError(
             "an unfitted UAP instance would be fitted for one direction only: pass 'uap' (fitted per direction) or a fitted UAP"
         )
-    runs = resolve_attacks(attacks, eps_grid, seed)
+    # attack names build fresh attacks per direction (a UAP is fitted for each)
+    runs = {direction: resolve_attacks(attacks, eps_grid, seed) for direction in directions}
     fingerprint = _fingerprint(images)
     store = _Cache(cache, name, model, fingerprint)
-    total = len(runs) * len(directions) * images.shape[0]
+    total = sum(map(len, runs.values())) * images.shape[0]
     with tqdm(total=total, desc=f"attacking {name}", disable=not progress, unit="img") as bar:
         for direction in directions:
-            for attack_name, eps, attack in resolve_attacks(attacks, eps_grid, seed):  # names build fresh attacks per direction
+            for attack_name, eps, attack in runs[direction]:
                 if isinstance(attack, UAP) and attack.perturbation is None:
                     attack.fit(model, train_images if train_images is not None else images, direction, batch_size)
                 key = attack_name if eps is None else f"{attack_name}-eps{eps * 255:g}"
@@ -364,7 +364,7 @@ def compare(
     names build fresh attacks per model; an :class:`Attack` instance is used as
     given (a fitted UAP is applied unchanged, i.e. as a transfer attack).
     """
-    attacks = [attacks] if isinstance(attacks, (str, Attack)) else list(attacks)
+    attacks = attack_list(attacks)
     table = Table()
     for name, model in models.items():
         rng = (score_ranges or {}).get(name, score_range)

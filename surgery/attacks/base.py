@@ -84,8 +84,6 @@ class Attack(abc.ABC):
         self, model: nn.Module, images: torch.Tensor, direction: Direction = "up", batch_size: int | None = None
     ) -> torch.Tensor:
         check_images(images)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {', '.join(map(repr, DIRECTIONS))}, got {direction!r}")
         batch_size = batch_size or images.shape[0]
         out = []
         with measuring(model), self.seeded(model_device(model)):
