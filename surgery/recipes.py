@@ -28,7 +28,7 @@ from .blending import blend, counterparts
 from .defenses import ConsistencyTraining, Defense
 from .hardening import harden
 from .modes import restored_on_error
-from .training import DataSpec, FinetuneResult, as_dataset, finetune, known_targets
+from .training import DataSpec, FinetuneResult, as_dataset, finetune, known_targets, parameter_names
 
 __all__ = ["Recipe", "RECIPES", "robustify"]
 
@@ -87,21 +87,6 @@ def _score_spread(train: DataSpec) -> float:
     return float(targets.std())
 
 
-def _parameter_names(model: nn.Module, parameters) -> list[str] | None:
-    """The names in ``model`` of the tensors given as ``parameters=`` (None: not given)."""
-    if parameters is None:
-        return None
-    names = {id(p): name for name, p in model.named_parameters()}
-    given = list(parameters)
-    foreign = sum(id(p) not in names for p in given)
-    if foreign:
-        raise ValueError(
-            f"{foreign} of the {len(given)} tensors in parameters= are not parameters of the model passed to robustify: "
-            "pass tensors of that model (e.g. model.head.parameters())"
-        )
-    return [names[id(p)] for p in given]
-
-
 def _same_parameters(hardened: nn.Module, original_names: dict, trained: list[str]) -> list[nn.Parameter]:
     """The hardened copy's tensors that stand for the original's ``trained`` ones (by name, across
     the copy, a splice and pruning, which replace the tensor objects)."""
@@ -135,7 +120,8 @@ def robustify(
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; available: {sorted(RECIPES)}")
     chosen = RECIPES[recipe]
-    trained = _parameter_names(model, finetune_options.get("parameters"))
+    given = finetune_options.get("parameters")
+    trained = None if given is None else parameter_names(model, list(given), "the model passed to robustify")
     original_names = dict.fromkeys(model.state_dict())
     # an inplace run that fails gives the model back as it came (a splice and pruning change its structure)
     with restored_on_error(model) if inplace else contextlib.nullcontext():

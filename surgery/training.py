@@ -112,17 +112,18 @@ def _check_images_up_front(dataset: Dataset, name: str) -> None:
     check_images(default_collate([dataset[0]])[0], [0], f"{name} image")  # as the loader will batch it
 
 
-def _check_parameters(model: nn.Module, params: Sequence[nn.Parameter]) -> None:
-    """Refuse tensors the model does not hold: training them would leave the model unchanged
-    (e.g. the parameters of the original passed for a deep copy)."""
-    own = {id(p) for p in model.parameters()}
-    foreign = sum(id(p) not in own for p in params)
+def parameter_names(model: nn.Module, params: Sequence[nn.Parameter], owner: str = "the model being trained") -> list[str]:
+    """The names in ``model`` of ``params``; tensors the model does not hold are refused, since
+    training them would leave the model unchanged (e.g. the original's, passed for a deep copy)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    foreign = sum(id(p) not in names for p in params)
     if foreign:
         raise ValueError(
-            f"{foreign} of the {len(params)} tensors in parameters= are not parameters of the model being trained, so "
+            f"{foreign} of the {len(params)} tensors in parameters= are not parameters of {owner}, so "
             "training them would leave it unchanged (were they taken from the model before a copy?): pass "
             "parameters of this model, e.g. [p for n, p in model.named_parameters() if n.startswith('head.')]"
         )
+    return [names[id(p)] for p in params]
 
 
 def _loss_name(loss: str | Callable) -> str:
@@ -399,7 +400,7 @@ def finetune(
     params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
-    _check_parameters(model, params)
+    trained_names = parameter_names(model, params)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total_steps = max(1, epochs * len(loaders.train))
     cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))  # noqa: E731
@@ -409,11 +410,10 @@ def finetune(
     checkpoints = _Checkpoints(checkpoint_dir, write=is_main)
     run = None
     if checkpoint_dir is not None:
-        names = {id(p): name for name, p in model.named_parameters()}
         settings = {
             "epochs": epochs, "loss": _loss_name(loss), "lr": lr, "weight_decay": weight_decay,
             "batch_size": batch_size, "grad_clip": grad_clip, "defense": defense, "seed": seed, "amp": use_amp,
-            "world_size": dist.get_world_size() if distributed else 1, "parameters": [names[id(p)] for p in params],
+            "world_size": dist.get_world_size() if distributed else 1, "parameters": trained_names,
         }
         run = {
             "model": model_fingerprint(model), "settings": settings_record(settings),
