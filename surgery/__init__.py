@@ -14,9 +14,10 @@ from . import attacks, defenses, metrics, ortho
 from .blending import blend
 from .blockmap import locate, positions
 from .blocks import PAPER_CODE_BLOCK, RobustBlock, RobustBlockConfig, symbolic_trace
-from .evaluation import Table, compare, evaluate
+from .evaluation import MSU_PROTOCOL, Table, compare, evaluate
 from .hardening import HardenConfig, describe, harden, robust_blocks
 from .io import load, save
+from .masking import masking_checks
 from .ortho import register_ortho
 from .pruning import PruneReport, prune
 from .recipes import RECIPES, Recipe, robustify
@@ -39,6 +40,8 @@ __all__ = [
     "robustify",
     "evaluate",
     "compare",
+    "masking_checks",
+    "MSU_PROTOCOL",
     "save",
     "load",
     "create_model",

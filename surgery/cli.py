@@ -6,9 +6,11 @@ import json
 import os
 import sys
 
+import torch
 from torch import nn
 
 import surgery
+from surgery import distributed
 from surgery.evaluation import DEFAULT_ATTACKS, resolve_attacks
 from surgery.ortho import ortho_names
 
@@ -151,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--input-size", type=int, nargs=3, default=(3, 224, 224), metavar=("C", "H", "W"),
                         help="size the images are resized to (C is 3: images are read as RGB)")
     p_eval.add_argument("--limit", type=_positive_int, help="use only the first N images")
+    p_eval.add_argument("--attack-images", type=_positive_int, help="attack only the first N images (all are scored)")
     p_eval.add_argument(
         "--attacks", nargs="+", default=list(DEFAULT_ATTACKS),
         help="the paper's protocol: pgd-K (pgd-1, pgd-8), uap, stadv; strong: pgd-K-rs (e.g. pgd-50-rs), apgd, apgd-K; "
@@ -160,7 +163,13 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--direction", choices=("up", "down", "both"), default="up",
                         help="raise the score, lower it, or both (lowering rows are named '<attack> down')")
     p_eval.add_argument("--seed", type=int, default=0, help="seed of the random attacks (random starts, Square)")
+    p_eval.add_argument(
+        "--protocol", choices=("paper", "msu"), default="paper",
+        help="paper: eps 2,4,6,8,10/255, gains normalised by the model's score range (else the images'); msu: the MSU "
+        "benchmarks' eps 2,4,8,16/255 and gains normalised by the clean scores' range on these images",
+    )
     p_eval.add_argument("--batch-size", type=_positive_int, default=8)
+    p_eval.add_argument("--num-workers", type=int, default=0, help="processes that read the images")
     p_eval.add_argument("--cache", help="folder to resume interrupted sweeps from")
     p_eval.add_argument(
         "--out", default="results.csv", type=_table_path,
@@ -252,7 +261,9 @@ def _zoo_model(name: str, kwargs: dict, checkpoint: str | None = None, random_we
     kwargs = dict(kwargs)
     pretrained = _pretrained(name, kwargs, checkpoint, random_weights)
     try:
-        model = surgery.create_model(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # random weights are the same in every run and in every process under torchrun
+            model = surgery.create_model(name, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
     except TypeError as err:
         raise UsageError(f"{name} does not take --model-arg {sorted(kwargs)}: {err}") from err
     return model, not pretrained and checkpoint is None
@@ -277,7 +288,11 @@ def _model_names(specs: list[str]) -> list[str]:
     return names
 
 
+@distributed.joins_torchrun(lambda args: torch.device("cpu"))
 def _evaluate(args) -> int:
+    """Under torchrun every rank attacks its share of the images; rank 0 writes and prints the table."""
+    from torch.utils.data import Subset
+
     from .data import ImageFolder
     from .report import plot_curves, plot_tradeoff
 
@@ -299,13 +314,17 @@ def _evaluate(args) -> int:
             continue
         model, random_weights = _zoo_model(spec, _model_kwargs(args.model_arg), args.checkpoint, args.random_weights)
         models[f"{name} ({RANDOM_WEIGHTS})" if random_weights else name] = model.eval()
-    dataset = ImageFolder(args.images, args.csv, args.image_column, args.score_column, size=(height, width))
-    images, mos = dataset.tensors()
+    images = ImageFolder(args.images, args.csv, args.image_column, args.score_column, size=(height, width))
     if args.limit:
-        images, mos = images[: args.limit], None if mos is None else mos[: args.limit]
+        images = Subset(images, range(min(args.limit, len(images))))
+    protocol = surgery.MSU_PROTOCOL if args.protocol == "msu" else {}
+    subset = None if args.attack_images is None else range(min(args.attack_images, len(images)))
     table = surgery.compare(
-        models, images, mos, args.attacks, direction=args.direction, seed=args.seed, batch_size=args.batch_size, cache=args.cache
+        models, images, None, args.attacks, direction=args.direction, seed=args.seed, batch_size=args.batch_size,
+        num_workers=args.num_workers, cache=args.cache, attack_subset=subset, **protocol,
     )
+    if distributed.rank() != 0:
+        return 0
     stem = os.path.splitext(args.out)[0]
     for suffix in TABLE_SUFFIXES:
         table.write(stem + suffix)
@@ -313,7 +332,7 @@ def _evaluate(args) -> int:
     if args.plots:
         os.makedirs(args.plots, exist_ok=True)
         plot_curves(table, os.path.join(args.plots, "abs_gain_vs_eps.png"))
-        if mos is not None and any(key.endswith(" abs_gain_auc") for summary in table.summaries for key in summary):
+        if args.score_column is not None and any(key.endswith(" abs_gain_auc") for summary in table.summaries for key in summary):
             plot_tradeoff(table, os.path.join(args.plots, "tradeoff.png"))
     print(f"wrote {stem}.csv/.md/.json" + (f" and plots in {args.plots}" if args.plots else ""))
     return 0

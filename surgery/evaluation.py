@@ -14,6 +14,7 @@ stopped. Nothing here imports the surgery: any model can be evaluated.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import json
@@ -27,16 +28,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics
-from .attacks import APGD, EPS_GRID, PGD, UAP, Attack, PaperPGD, Square, StAdv
-from .scoring import as_model_input, check_images, model_score_range, score_fn, scores
+from .attacks import APGD, EPS_GRID, MSU_EPS_GRID, PGD, UAP, Attack, PaperPGD, Square, StAdv
+from . import distributed
+from .batches import ImageData, ImageStream
+from .scoring import as_model_input, model_device, model_score_range, score_fn
 from .modes import measuring
 from .files import atomic_save, atomic_write_text
-from .fingerprint import model_fingerprint, update_digest
+from .fingerprint import image_fingerprints, model_fingerprint, update_digest
 
-__all__ = ["evaluate", "compare", "Table", "AttackSpec", "DEFAULT_ATTACKS", "resolve_attacks"]
+__all__ = ["evaluate", "compare", "Table", "AttackSpec", "DEFAULT_ATTACKS", "MSU_PROTOCOL", "resolve_attacks"]
 
 AttackSpec = Union[str, Attack]
 DEFAULT_ATTACKS: tuple[str, ...] = ("pgd-1", "pgd-8", "uap", "stadv")
+# evaluate's keywords for the MSU benchmarks' setting: their l_inf budgets and gains normalised by
+# the range of the clean scores of the evaluated images (docs/protocol.md says what else differs)
+MSU_PROTOCOL: dict = {"eps_grid": MSU_EPS_GRID, "score_range": "evaluated"}
 COLUMNS = ("model", "attack", "eps", "n", "mean_score", "abs_gain", "r_score", "srocc", "plcc", "krocc")
 
 
@@ -98,12 +104,6 @@ def _grid_attack(key: str, seed: int | None = None):
     if key.startswith("square-") and steps(key[7:]):
         return lambda eps: Square(eps=eps, queries=steps(key[7:]), seed=seed)
     return None
-
-
-def _fingerprint(images: torch.Tensor) -> str:
-    digest = hashlib.sha1(str(tuple(images.shape)).encode())
-    digest.update(images.detach().float().cpu().contiguous().numpy().tobytes()[:: max(1, images.numel() // 65536)])
-    return digest.hexdigest()[:16]
 
 
 def model_digest(model: nn.Module) -> str:
@@ -179,83 +179,177 @@ def _format(value, csv: bool = False) -> str:
 
 
 class _Cache:
-    """Per-image attacked scores on disk, saved after every batch; keyed by the model's
-    name and weights, the attack's name and settings, and checked against the images."""
+    """Per-image attacked scores on disk, saved after every batch; keyed by the model's name and
+    weights and the attack's name and settings, and matched image by image (each score is
+    stored with a fingerprint of the image it was made on). Under a process group each rank
+    writes its own file and every file of a key is read, so a run resumes with any number of
+    processes."""
 
-    def __init__(self, folder: str | os.PathLike | None, model_name: str, model: nn.Module, fingerprint: str):
+    def __init__(self, folder: str | os.PathLike | None, model_name: str, model: nn.Module, count: int):
         self.folder = None if folder is None else os.path.join(os.fspath(folder), model_name, model_digest(model))
-        self.fingerprint = fingerprint
+        self.count = count
+        self.entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _path(self, key: str) -> str:
-        return os.path.join(self.folder, key.replace("/", "_") + ".pt")
+    def _files(self, key: str) -> list[str]:
+        stem = os.path.join(self.folder, key.replace("/", "_"))
+        return [stem + ".pt"] + sorted(glob.glob(glob.escape(stem) + ".rank*.pt"))
 
-    def load(self, key: str, count: int) -> torch.Tensor:
-        if self.folder is not None and os.path.isfile(self._path(key)):
-            data = torch.load(self._path(key), map_location="cpu", weights_only=True)
-            if data["fingerprint"] != self.fingerprint:
+    def _own_file(self, key: str) -> str:
+        suffix = f".rank{distributed.rank()}.pt" if distributed.world_size() > 1 else ".pt"
+        return os.path.join(self.folder, key.replace("/", "_") + suffix)
+
+    def entry(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, image fingerprints) of every attacked image; NaN and 0 where none is stored."""
+        if key in self.entries:
+            return self.entries[key]
+        values, prints = torch.full((self.count,), float("nan")), torch.zeros(self.count, dtype=torch.int64)
+        for path in self._files(key) if self.folder is not None else []:
+            if not os.path.isfile(path):
+                continue
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if "fingerprints" not in data or data["scores"].numel() != self.count:
                 raise ValueError(
-                    f"cache {self._path(key)!r} was computed on other images; use another cache folder or delete it"
+                    f"cache {path!r} was computed on other images (or by an older surgery); use another cache folder or delete it"
                 )
-            return data["scores"]
-        return torch.full((count,), float("nan"))
+            stored = data["fingerprints"] != 0
+            values[stored], prints[stored] = data["scores"][stored], data["fingerprints"][stored]
+        self.entries[key] = values, prints
+        return values, prints
 
-    def store(self, key: str, values: torch.Tensor) -> None:
+    def cached(self, key: str, positions: torch.Tensor, fingerprints: torch.Tensor) -> bool:
+        """Whether every image of a batch has a stored score; a score stored for another image is refused."""
+        _, prints = self.entry(key)
+        stored = prints[positions]
+        if ((stored != 0) & (stored != fingerprints)).any():
+            where = self.folder if self.folder is not None else "the cache"
+            raise ValueError(f"cache {where!r} holds scores of other images for {key}; use another cache folder or delete it")
+        return bool((stored == fingerprints).all())
+
+    def store(self, key: str, positions: torch.Tensor, fingerprints: torch.Tensor, scores: torch.Tensor) -> None:
+        values, prints = self.entry(key)
+        values[positions], prints[positions] = scores, fingerprints
         if self.folder is not None:
-            atomic_save({"fingerprint": self.fingerprint, "scores": values}, self._path(key))
+            atomic_save({"fingerprints": prints, "scores": values}, self._own_file(key))
 
 
-def _attacked_scores(
-    model: nn.Module, attack: Attack, images: torch.Tensor, direction: str, batch_size: int,
-    cache: _Cache, key: str, bar,
-) -> torch.Tensor:
-    values = cache.load(key, images.shape[0])
-    if isinstance(attack, UAP) and attack.perturbation is None:
-        raise ValueError("fit the UAP first (evaluate does it on train_images or the evaluated images)")
+def _clean_pass(model: nn.Module, stream: ImageStream) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image's clean score and the score its data carries (NaN for none), this rank's
+    batches scored and the rest gathered from the other ranks."""
+    values, carried, mine = (torch.zeros(len(stream), dtype=torch.float64) for _ in range(3))
     score = score_fn(model)
-    for start in range(0, images.shape[0], batch_size):
-        stop = min(start + batch_size, images.shape[0])
-        if not torch.isnan(values[start:stop]).any():
-            bar.update(stop - start)
-            continue
-        adversarial = attack(model, images[start:stop], direction=direction)
-        with torch.no_grad(), measuring(model):
-            values[start:stop] = score(as_model_input(adversarial, model)).float().cpu()
-        cache.store(key, values)
-        bar.update(stop - start)
+    with torch.no_grad(), measuring(model):
+        for batch in stream.batches():
+            values[batch.indices] = score(as_model_input(batch.images, model)).double().cpu()
+            carried[batch.indices], mine[batch.indices] = batch.scores.double(), 1.0
+    values, carried = (distributed.sum_over_ranks(t * mine) for t in (values, carried))  # NaN * 1 stays NaN
     if not torch.isfinite(values).all():
-        raise ValueError(f"the model returned NaN or inf under attack {key}")
-    return values
+        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+        raise ValueError(f"the model returned NaN or inf for {stream.what}(s) {bad[:10]}: check the model and its weights")
+    return values.float(), carried
 
 
+def _data_mos(mos, carried: torch.Tensor, count: int) -> torch.Tensor | None:
+    """The MOS given, else the scores the dataset's items carry, else None."""
+    if mos is not None:
+        if carried.isfinite().any():
+            raise ValueError("the dataset's items carry their own scores and mos= was given too: pass one of them")
+        target = torch.as_tensor(mos, dtype=torch.float64).reshape(-1)
+        if target.numel() != count:
+            raise ValueError(f"{count} images but {target.numel()} MOS values")
+        return target
+    if carried.isnan().all():
+        return None
+    if carried.isnan().any():
+        missing = carried.isnan().nonzero().flatten().tolist()
+        raise ValueError(f"item(s) {missing[:10]} of the dataset have no score while others have: give every image its MOS or none")
+    return carried
+
+
+def _attack_pass(model, runs, stream: ImageStream, picked: torch.Tensor, store: _Cache, bar) -> dict[str, torch.Tensor]:
+    """Attacked scores of the images at ``picked`` for every run, this rank's batches attacked
+    (each batch loaded once for every run) and the rest gathered from the other ranks."""
+    score = score_fn(model)
+    mine = torch.zeros(picked.numel(), dtype=torch.bool)
+    for batch in stream.batches(picked):
+        mine[batch.positions] = True
+        prints = image_fingerprints(batch.images)
+        for direction, key, attack in runs:
+            if not store.cached(key, batch.positions, prints):
+                adversarial = attack(model, batch.images, direction=direction)
+                with torch.no_grad(), measuring(model):
+                    attacked = score(as_model_input(adversarial, model)).float().cpu()
+                store.store(key, batch.positions, prints, attacked)
+            bar.update(batch.positions.numel())
+    results = {}
+    for _, key, _ in runs:
+        values = torch.where(mine, store.entry(key)[0], 0.0).double()
+        results[key] = distributed.sum_over_ranks(values).float()
+        if not torch.isfinite(results[key]).all():
+            raise ValueError(f"the model returned NaN or inf under attack {key}")
+    return results
+
+
+def _measured_range(model, score_range, train_images, clean, batch_size, num_workers) -> tuple[tuple[float, float], str]:
+    if score_range == "evaluated":
+        return metrics.score_range(clean), "evaluated images"
+    if score_range is not None:
+        low, high = (float(v) for v in score_range)
+        return (low, high), "given"
+    if model_score_range(model) is not None:
+        return model_score_range(model), "model"
+    if train_images is not None:
+        reference, _ = _clean_pass(model, ImageStream(train_images, batch_size, num_workers, "train image"))
+        return metrics.score_range(reference), "train images"
+    return metrics.score_range(clean), "evaluated images"
+
+
+def _fit_uap(attack: UAP, model, train_images, stream: ImageStream, picked, direction, batch_size, num_workers) -> None:
+    """Fit an unfitted UAP on ``train_images`` or the attacked images; rank 0's perturbation is
+    every rank's (each fits the same, so a GPU's nondeterminism cannot split them)."""
+    if train_images is not None:
+        stream, picked = ImageStream(train_images, batch_size, num_workers, "train image"), None
+    attack.fit(model, stream.images(picked), direction, batch_size)
+    attack.perturbation = distributed.broadcast_from_first(attack.perturbation)
+
+
+@distributed.joins_torchrun(lambda model, *args, **kwargs: model_device(model))
 def evaluate(
     model: nn.Module,
-    images: torch.Tensor,
+    images: ImageData,
     mos: Sequence[float] | torch.Tensor | None = None,
     attacks: AttackSpec | Iterable[AttackSpec] = DEFAULT_ATTACKS,
     *,
     eps_grid: Sequence[float] = EPS_GRID,
-    score_range: tuple[float, float] | None = None,
-    train_images: torch.Tensor | None = None,
+    score_range: tuple[float, float] | str | None = None,
+    train_images: ImageData | None = None,
     direction: str | Sequence[str] = "up",
     attack_subset: Sequence[int] | torch.Tensor | None = None,
     batch_size: int = 8,
+    num_workers: int = 0,
     cache: str | os.PathLike | None = None,
     name: str = "model",
     progress: bool = True,
     seed: int | None = 0,
 ) -> Table:
-    """Clean accuracy and attack robustness of ``model`` on ``images`` (N, 3, H, W) in [0, 1].
+    """Clean accuracy and attack robustness of ``model`` on ``images`` in [0, 1].
 
-    SROCC, PLCC and KROCC use every image; the attacks run on ``attack_subset`` (indices
-    into ``images``) when given, since attacks cost far more than scoring.
+    ``images``: an (N, 3, H, W) tensor, a map-style Dataset of images or ``(image, score)``
+    pairs (the scores are the MOS), or a DataLoader of one; images are read batch by batch,
+    so memory stays flat in N, and may differ in size (a batch holds one size; see
+    :mod:`surgery.batches`). SROCC, PLCC and KROCC use every image; the attacks run on
+    ``attack_subset`` (indices into ``images``) when given, since attacks cost far more than
+    scoring.
 
-    Returns a :class:`Table`: ``rows`` (one per attack and eps, with AbsGain and
-    R-Score; the clean row has the correlations) and ``summaries`` (one per model:
-    SROCC, PLCC, KROCC, then per attack AbsGain / R-Score, or their AUCs over eps
-    for PGD). Scores are normalised with ``score_range`` if given, else the range the
-    model carries (``model.score_range``), else the range of its scores on
-    ``train_images``, else on ``images``; the summary says which. ``train_images`` also
-    train the UAP.
+    Returns a :class:`Table`: ``rows`` (one per attack and eps, with AbsGain, R-Score and,
+    with MOS, the correlations of the attacked images' scores with their MOS: robust SROCC /
+    PLCC / KROCC; the clean row has the clean correlations, on every image) and ``summaries``
+    (one per model: SROCC, PLCC, KROCC, then per attack AbsGain / R-Score, or their AUCs over
+    eps, and the robust SROCC / PLCC at the largest eps). Scores are normalised with
+    ``score_range`` if given (``"evaluated"``: the range of the clean scores of the evaluated
+    images, as the MSU benchmark does), else the range the model carries
+    (``model.score_range``), else the range of its scores on ``train_images``, else on
+    ``images``; the summary says which. ``train_images`` (a tensor, Dataset or DataLoader)
+    also train the UAP.
 
     ``direction``: ``"up"`` (raise the score), ``"down"`` (lower it), ``"both"`` or a list
     of those. A lowering attack's rows are named ``"<attack> down"`` and keep the measured,
@@ -264,68 +358,72 @@ def evaluate(
 
     ``seed``: the random attacks named by string draw from it, so the same call gives the
     same table (and the cache keys include it); None draws from the global RNG.
-    """
-    check_images(images)
-    directions = _directions(direction)
-    clean = scores(model, images, batch_size)
-    source = "given"
-    if score_range is None and model_score_range(model) is not None:
-        score_range, source = model_score_range(model), "model"
-    if score_range is None:
-        reference = scores(model, train_images, batch_size) if train_images is not None else clean
-        score_range = metrics.score_range(reference)
-        source = "train images" if train_images is not None else "evaluated images"
-    lo, hi = score_range
 
-    summary: dict = {"model": name, "n": int(images.shape[0]), "score_range": f"{lo:.4g}..{hi:.4g} ({source})"}
-    clean_row = {k: None for k in COLUMNS} | {"model": name, "attack": "clean", "n": int(images.shape[0])}
+    Under ``torchrun`` (or with a process group initialised) every rank scores and attacks
+    its share of the batches and every rank returns the whole table, the same as one
+    process would (each rank's model on its own device, e.g. ``cuda:LOCAL_RANK``).
+    """
+    directions = _directions(direction)
+    distributed.check_same_on_every_rank(
+        model_digest(model), "the model", "load the same weights in every process (seed a random initialisation)"
+    )
+    stream = ImageStream(images, batch_size, num_workers)
+    count = len(stream)
+    distributed.check_same_on_every_rank(str(count), "the number of images", "give every process the same images")
+    clean, carried = _clean_pass(model, stream)
+    target = _data_mos(mos, carried, count)
+    (lo, hi), source = _measured_range(model, score_range, train_images, clean, batch_size, num_workers)
+
+    summary: dict = {"model": name, "n": count, "score_range": f"{lo:.4g}..{hi:.4g} ({source})"}
+    clean_row = {k: None for k in COLUMNS} | {"model": name, "attack": "clean", "n": count}
     clean_row["mean_score"] = float(clean.mean())
-    if mos is not None:
-        target = torch.as_tensor(mos, dtype=torch.float64).reshape(-1)
-        if target.numel() != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {target.numel()} MOS values")
+    if target is not None:
         for metric in ("srocc", "plcc", "krocc"):
             clean_row[metric] = summary[metric] = getattr(metrics, metric)(clean, target)
     rows = [clean_row]
 
+    picked = torch.arange(count)
     if attack_subset is not None:
         picked = torch.as_tensor(attack_subset, dtype=torch.long).reshape(-1)
-        if picked.numel() == 0 or picked.min() < 0 or picked.max() >= images.shape[0]:
-            raise ValueError(f"attack_subset must hold indices in [0, {images.shape[0] - 1}], got {picked.tolist()[:10]}")
-        images, clean = images[picked], clean[picked]
-        target = target[picked] if mos is not None else None
+        if picked.numel() == 0 or picked.min() < 0 or picked.max() >= count:
+            raise ValueError(f"attack_subset must hold indices in [0, {count - 1}], got {picked.tolist()[:10]}")
         summary["attack_n"] = int(picked.numel())
+    attacked_clean = clean[picked]
+    attacked_target = None if target is None else target[picked]
     attacks = attack_list(attacks)
     if len(directions) > 1 and any(isinstance(a, UAP) and a.perturbation is None for a in attacks):
         raise ValueError(
             "an unfitted UAP instance would be fitted for one direction only: pass 'uap' (fitted per direction) or a fitted UAP"
         )
     # attack names build fresh attacks per direction (a UAP is fitted for each)
-    runs = {direction: resolve_attacks(attacks, eps_grid, seed) for direction in directions}
-    fingerprint = _fingerprint(images)
-    store = _Cache(cache, name, model, fingerprint)
-    total = sum(map(len, runs.values())) * images.shape[0]
-    with tqdm(total=total, desc=f"attacking {name}", disable=not progress, unit="img") as bar:
-        for direction in directions:
-            for attack_name, eps, attack in runs[direction]:
-                if isinstance(attack, UAP) and attack.perturbation is None:
-                    attack.fit(model, train_images if train_images is not None else images, direction, batch_size)
-                key = attack_name if eps is None else f"{attack_name}-eps{eps * 255:g}"
-                key = f"{key}-{direction}-{attack_digest(attack)}"
-                attacked = _attacked_scores(model, attack, images, direction, batch_size, store, key, bar)
-                row = {k: None for k in COLUMNS} | {
-                    "model": name,
-                    "attack": attack_name if direction == "up" else f"{attack_name} down",
-                    "eps": None if eps is None else round(eps * 255, 6),
-                    "n": int(images.shape[0]),
-                    "mean_score": float(attacked.mean()),
-                    "abs_gain": metrics.abs_gain(clean, attacked, lo, hi),
-                    "r_score": metrics.r_score(clean, attacked, lo, hi),
-                }
-                if mos is not None:
-                    for metric in ("srocc", "plcc", "krocc"):
-                        row[metric] = getattr(metrics, metric)(attacked, target)
-                rows.append(row)
+    runs = [(direction, *run) for direction in directions for run in resolve_attacks(attacks, eps_grid, seed)]
+    keyed = []
+    for direction, attack_name, eps, attack in runs:
+        if isinstance(attack, UAP) and attack.perturbation is None:
+            _fit_uap(attack, model, train_images, stream, picked, direction, batch_size, num_workers)
+        key = attack_name if eps is None else f"{attack_name}-eps{eps * 255:g}"
+        keyed.append((direction, f"{key}-{direction}-{attack_digest(attack)}", attack))
+    store = _Cache(cache, name, model, picked.numel())
+    total = len(runs) * stream.share(picked)
+    show = progress and distributed.rank() == 0
+    with tqdm(total=total, desc=f"attacking {name}", disable=not show, unit="img") as bar:
+        attacked_scores = _attack_pass(model, keyed, stream, picked, store, bar)
+
+    for (direction, attack_name, eps, _), (_, key, _) in zip(runs, keyed):
+        attacked = attacked_scores[key]
+        row = {k: None for k in COLUMNS} | {
+            "model": name,
+            "attack": attack_name if direction == "up" else f"{attack_name} down",
+            "eps": None if eps is None else round(eps * 255, 6),
+            "n": int(picked.numel()),
+            "mean_score": float(attacked.mean()),
+            "abs_gain": metrics.abs_gain(attacked_clean, attacked, lo, hi),
+            "r_score": metrics.r_score(attacked_clean, attacked, lo, hi),
+        }
+        if attacked_target is not None:
+            for metric in ("srocc", "plcc", "krocc"):
+                row[metric] = getattr(metrics, metric)(attacked, attacked_target)
+        rows.append(row)
 
     for attack_name in dict.fromkeys(r["attack"] for r in rows[1:]):
         group = [r for r in rows if r["attack"] == attack_name]
@@ -337,6 +435,11 @@ def evaluate(
         else:
             summary[f"{attack_name} abs_gain"] = size * group[0]["abs_gain"]
             summary[f"{attack_name} r_score"] = group[0]["r_score"]
+        if attacked_target is not None:
+            strongest = max(group, key=lambda r: r["eps"] or 0.0)
+            at = "" if strongest["eps"] is None else f"@{strongest['eps']:g}"
+            summary[f"{attack_name} srocc{at}"] = strongest["srocc"]
+            summary[f"{attack_name} plcc{at}"] = strongest["plcc"]
     return Table(rows=rows, summaries=[summary])
 
 
@@ -347,13 +450,14 @@ def _directions(direction: str | Sequence[str]) -> list[str]:
     return chosen
 
 
+@distributed.joins_torchrun(lambda models, *args, **kwargs: model_device(next(iter(models.values()))))
 def compare(
     models: Mapping[str, nn.Module],
-    images: torch.Tensor,
+    images: ImageData,
     mos: Sequence[float] | torch.Tensor | None = None,
     attacks: AttackSpec | Iterable[AttackSpec] = DEFAULT_ATTACKS,
     *,
-    score_range: tuple[float, float] | None = None,
+    score_range: tuple[float, float] | str | None = None,
     score_ranges: Mapping[str, tuple[float, float]] | None = None,
     **kwargs,
 ) -> Table:

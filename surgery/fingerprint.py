@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["update_digest", "model_fingerprint", "data_fingerprint", "settings_record", "differences"]
+__all__ = ["update_digest", "model_fingerprint", "data_fingerprint", "image_fingerprints", "settings_record", "differences"]
 
 _PIXEL_SAMPLE = 1 << 20  # elements of a tensor dataset's images hashed (a strided sample)
+_IMAGE_SAMPLE = 1 << 14  # elements of one image hashed by image_fingerprints
 
 
 def update_digest(digest, tensor: torch.Tensor) -> None:
@@ -56,6 +57,18 @@ def data_fingerprint(*datasets: Dataset | None, targets=None) -> str:
             images = dataset.tensors[0].reshape(-1)
             update_digest(digest, images[:: max(1, images.numel() // _PIXEL_SAMPLE)])
     return digest.hexdigest()
+
+
+def image_fingerprints(images: torch.Tensor) -> torch.Tensor:
+    """One nonzero int64 per image of a (B, C, H, W) batch: a digest of its shape and a strided
+    sample of its pixels (as float32), so a cached result is matched to the image it was made on."""
+    prints = []
+    for image in images.detach().to("cpu", torch.float32):
+        digest = hashlib.sha1(str(tuple(image.shape)).encode())
+        flat = image.reshape(-1)
+        digest.update(flat[:: max(1, flat.numel() // _IMAGE_SAMPLE)].contiguous().numpy().tobytes())
+        prints.append(int.from_bytes(digest.digest()[:8], "little", signed=True) or 1)  # 0 means "none"
+    return torch.tensor(prints, dtype=torch.int64)
 
 
 def settings_record(settings: dict[str, Any]) -> dict[str, Any]:

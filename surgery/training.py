@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import distributed, metrics
 from .fingerprint import data_fingerprint, differences, model_fingerprint, settings_record
 from .scoring import check_images, model_device, per_image_scores, scoring_network
 from .defenses.base import Defense, TrainingScore
@@ -138,10 +138,6 @@ def _scores(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return per_image_scores(network(images), images.shape[0]).float()
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def _train_mode(network: nn.Module, params: Sequence[nn.Parameter]) -> None:
     """Training mode, except for normalisation layers none of whose parameters are trained:
     frozen layers keep their running statistics (as timm's ``freeze_batch_norm_2d``)."""
@@ -169,12 +165,12 @@ class _Loaders:
     """The training loader (shuffled by a seeded generator, sharded under DDP) and the
     validation loader, from datasets or ``(images, scores)`` tensors, checked up front."""
 
-    def __init__(self, train: DataSpec, val: DataSpec | None, batch_size: int, seed: int, num_workers: int, distributed: bool):
+    def __init__(self, train: DataSpec, val: DataSpec | None, batch_size: int, seed: int, num_workers: int, sharded: bool):
         train_set = as_dataset(train, "train")
         _check_images_up_front(train_set, "training")
         self.train_set = train_set
         train_set = _Indexed(train_set)
-        self.sampler = DistributedSampler(train_set, seed=seed) if distributed else None
+        self.sampler = DistributedSampler(train_set, seed=seed) if sharded else None
         self.generator = torch.Generator().manual_seed(seed)
         self.train = DataLoader(
             train_set, batch_size=batch_size, shuffle=self.sampler is None, sampler=self.sampler, generator=self.generator,
@@ -313,35 +309,9 @@ def _gives_model_back_on_error(run: Callable[..., FinetuneResult]) -> Callable[.
     return wrapper
 
 
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _joins_torchrun(run: Callable[..., FinetuneResult]) -> Callable[..., FinetuneResult]:
-    """Under ``torchrun`` with no process group yet, join the one torchrun's environment
-    describes for the run (gloo on the CPU, NCCL on CUDA; each rank on ``cuda:LOCAL_RANK``)
-    and leave it afterwards, as Lightning and Accelerate do: without it every rank would
-    train its own unsynchronised copy and write the same checkpoint files."""
-
-    @functools.wraps(run)
-    def wrapper(model: nn.Module, *args, **kwargs) -> FinetuneResult:
-        launched = all(name in os.environ for name in TORCHRUN_VARIABLES) and int(os.environ["WORLD_SIZE"]) > 1
-        if not launched or not dist.is_available() or dist.is_initialized():
-            return run(model, *args, **kwargs)
-        device = torch.device(kwargs["device"]) if kwargs.get("device") is not None else model_device(model)
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-            torch.cuda.set_device(device)
-            kwargs["device"] = device
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        try:
-            return run(model, *args, **kwargs)
-        finally:
-            dist.destroy_process_group()
-
-    return wrapper
-
-
-@_joins_torchrun
+@distributed.joins_torchrun(
+    lambda model, *args, device=None, **kwargs: torch.device(device) if device is not None else model_device(model)
+)
 @_gives_model_back_on_error
 def finetune(
     model: nn.Module,
@@ -385,18 +355,20 @@ def finetune(
     """
     torch.manual_seed(seed)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device.type == "cuda" and distributed.launched_by_torchrun():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per rank
     use_amp = device.type == "cuda" if amp is None else amp
     use_channels_last = device.type == "cuda" if channels_last is None else channels_last
     model.to(device)
     if use_channels_last:
         model.to(memory_format=torch.channels_last)
     network = scoring_network(model)
-    distributed = dist.is_available() and dist.is_initialized()
-    is_main = _rank() == 0
-    if distributed:
+    sharded = distributed.initialised()
+    is_main = distributed.rank() == 0
+    if sharded:
         network = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
-    loaders = _Loaders(train, val, batch_size, seed, num_workers, distributed)
+    loaders = _Loaders(train, val, batch_size, seed, num_workers, sharded)
     params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
@@ -413,7 +385,7 @@ def finetune(
         settings = {
             "epochs": epochs, "loss": _loss_name(loss), "lr": lr, "weight_decay": weight_decay,
             "batch_size": batch_size, "grad_clip": grad_clip, "defense": defense, "seed": seed, "amp": use_amp,
-            "world_size": dist.get_world_size() if distributed else 1, "parameters": trained_names,
+            "world_size": distributed.world_size(), "parameters": trained_names,
         }
         run = {
             "model": model_fingerprint(model), "settings": settings_record(settings),
@@ -443,7 +415,7 @@ def finetune(
         checkpoints.save_last(model, optimizer, scheduler, loaders.generator, epoch, result, run)
         if progress and is_main:
             tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
-        if distributed:
+        if sharded:
             dist.barrier()
 
     if result.best_path is not None and os.path.isfile(result.best_path):

@@ -25,6 +25,7 @@ def test_paper_tables_writes_every_report(tmp_path, labels):
         "--variants", "control", "cayley+pls", "nt", "nt+epochs-2", "at", "silu", "trades-2", "blend-0.5+trades-2", "distill",
         "--seeded", "control", "--seeds", "0", "1",
         "--headline", "trades-2", "--strong", "apgd-2", "--trades-steps", "1", "--parts", "table", "positions",
+        "--masking-steps", "2", "--masking-queries", "4",
         "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)

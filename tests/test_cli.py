@@ -60,6 +60,39 @@ def test_eval_writes_tables_and_plots(tmp_path, capsys):
     assert "pgd-1 abs_gain_auc" in capsys.readouterr().out
 
 
+def test_eval_under_torchrun_writes_one_process_table_once(tmp_path):
+    import json
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["image,mos"]
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{i + 1}")
+    (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
+    arguments = [
+        "eval", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder),
+        "--csv", str(tmp_path / "scores.csv"), "--score-column", "mos", "--input-size", "3", "32", "32",
+        "--attacks", "pgd-2-rs", "--protocol", "msu", "--attack-images", "5", "--batch-size", "2",
+    ]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "surgery"]
+    run = subprocess.run(
+        launcher + arguments + ["--out", str(tmp_path / "two" / "res.json")], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("wrote ") == 1  # rank 0 alone prints and writes
+    assert main(arguments + ["--out", str(tmp_path / "one" / "res.json")]) == 0
+    two, one = (json.loads((tmp_path / d / "res.json").read_text()) for d in ("two", "one"))
+    assert two == one and one["summaries"][0]["attack_n"] == 5
+    assert [r["eps"] for r in one["rows"][1:]] == [2, 4, 8, 16] and "(evaluated images)" in one["summaries"][0]["score_range"]
+
+
 def test_demo_halves_are_disjoint_photo_parts():
     import torch
 

@@ -10,12 +10,12 @@ from .apgd import APGD, apgd_checkpoints
 from ..scoring import check_images, score_fn, scores
 from .base import Attack
 from .paper import PaperPGD
-from .pgd import EPS_GRID, PGD, default_alpha
+from .pgd import EPS_GRID, MSU_EPS_GRID, PGD, default_alpha
 from .square import Square
 from .stadv import StAdv, flow_smoothness, warp
 from .uap import UAP
 
 __all__ = [
-    "Attack", "PGD", "APGD", "Square", "PaperPGD", "UAP", "StAdv", "EPS_GRID", "default_alpha", "apgd_checkpoints",
+    "Attack", "PGD", "APGD", "Square", "PaperPGD", "UAP", "StAdv", "EPS_GRID", "MSU_EPS_GRID", "default_alpha", "apgd_checkpoints",
     "scores", "score_fn", "check_images", "warp", "flow_smoothness",
 ]

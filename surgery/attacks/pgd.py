@@ -23,9 +23,10 @@ import torch
 
 from .base import Attack, Objective, check_budget, check_count, check_seed
 
-__all__ = ["PGD", "default_alpha", "EPS_GRID", "BestIterate"]
+__all__ = ["PGD", "default_alpha", "EPS_GRID", "MSU_EPS_GRID", "BestIterate"]
 
 EPS_GRID = tuple(e / 255 for e in (2, 4, 6, 8, 10))
+MSU_EPS_GRID = tuple(e / 255 for e in (2, 4, 8, 16))  # the l_inf presets of the MSU defence benchmark
 
 
 def default_alpha(eps: float, steps: int, random_start: bool = False) -> float:

@@ -11,6 +11,7 @@ ball of radius ``eps``. :meth:`UAP.fit` trains it, calling the attack applies it
 from __future__ import annotations
 
 import os
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from torch import nn
 
 from ..files import atomic_save
 from ..modes import measuring
-from ..scoring import as_model_input, check_images, model_device, score_fn
+from ..scoring import as_model_input, check_images, score_fn
 from .base import Attack, Direction, Objective, check_budget, check_count, objective
 
 __all__ = ["UAP"]
@@ -47,23 +48,30 @@ class UAP(Attack):
         return delta.clamp(-self.eps, self.eps)
 
     def fit(
-        self, model: nn.Module, images: torch.Tensor, direction: Direction = "up", batch_size: int = 16
+        self, model: nn.Module, images: torch.Tensor | Iterable[torch.Tensor], direction: Direction = "up", batch_size: int = 16
     ) -> torch.Tensor:
-        """Train the perturbation on ``images``; returns it, (3, *size)."""
-        check_images(images)
-        device = model_device(model)
+        """Train the perturbation on ``images``: a tensor (in batches of ``batch_size``) or a
+        re-iterable of batches, read once per iteration (images streamed from disk); returns it,
+        (3, *size)."""
+        if torch.is_tensor(images):
+            check_images(images)
+            images = list(images.split(batch_size))
         score = score_fn(model)
-        delta = torch.zeros(images.shape[1], *self.size, device=device)
+        delta = None
         with measuring(model):
             for _ in range(self.iterations):
-                for start in range(0, images.shape[0], batch_size):
-                    batch = as_model_input(images[start : start + batch_size], model)
+                for batch in images:
+                    batch = as_model_input(batch, model)
+                    if delta is None:
+                        delta = torch.zeros(batch.shape[1], *self.size, device=batch.device)
                     delta.requires_grad_(True)
                     resized = F.interpolate(delta[None], size=batch.shape[-2:], mode="bilinear", align_corners=False)
                     value = objective(score, batch, direction)((batch + resized).clamp(0, 1)).mean()
                     (grad,) = torch.autograd.grad(value, delta)
                     with torch.no_grad():
                         delta = (delta + self.alpha * grad.sign()).clamp(-self.eps, self.eps)
+        if delta is None:
+            raise ValueError("UAP.fit got no images")
         self.perturbation = delta.detach().cpu()
         return self.perturbation
 
