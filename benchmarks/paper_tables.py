@@ -20,6 +20,8 @@ trunk before them is neither trained nor pruned, for every variant alike. Varian
   the fine-tune is the variant's without this part, shared with it in the cache;
 - ``epochs-N``: fine-tune for N epochs instead of ``--epochs``, e.g. to give a cheaper
   defence the training time of a costlier one (``nt+epochs-5``);
+- ``steps-K`` / ``share-F`` with ``trades``: consistency training's inner attack takes K steps
+  (instead of ``--trades-steps``) on the share F of each batch (``ConsistencyTraining(fraction=F)``);
 - parts joined by ``+`` combine (``cayley+trades``, ``distill+trades-0.02``).
 
 Columns: SROCC/PLCC on the evaluation references; AbsGain and R-Score AUCs of PGD-1 and
@@ -162,7 +164,7 @@ def build(variant: str, base: torch.nn.Module, data: dict, args, **block) -> tup
     options: dict = {}
     first_stage = args.train_from
     parts = variant.split("+")
-    unknown = [p for p in parts if p not in VARIANT_PARTS and not p.startswith(("trades-", "epochs-"))]
+    unknown = [p for p in parts if p not in VARIANT_PARTS and not p.startswith(("trades-", "epochs-", "share-", "steps-"))]
     if unknown or (variant == "control") != (parts == ["control"]) or len(parts) != len(set(parts)):
         raise ValueError(f"unknown variant {variant!r}")
     ortho = next((p for p in parts if p in ("cayley", "aol", "aoc")), None)
@@ -183,7 +185,11 @@ def build(variant: str, base: torch.nn.Module, data: dict, args, **block) -> tup
         elif part.startswith("trades"):  # as surgery.robustify: the gap in units of the labels' spread
             beta = float(part.partition("-")[2] or args.trades_beta)
             spread = float(data["tune"][1].std())
-            options["defense"] = ConsistencyTraining(eps=args.trades_eps / 255, steps=args.trades_steps, beta=beta, scale=spread)
+            steps = int(_setting(parts, "steps-", args.trades_steps))
+            share = float(_setting(parts, "share-", 1.0))
+            options["defense"] = ConsistencyTraining(
+                eps=args.trades_eps / 255, steps=steps, beta=beta, scale=spread, fraction=share
+            )
         elif part == "distill":
             options["train"] = (data["tune"][0], scores(base, data["tune"][0], 16))
         elif part.startswith("epochs-"):
@@ -192,6 +198,12 @@ def build(variant: str, base: torch.nn.Module, data: dict, args, **block) -> tup
             names = [f"backbone.blocks.{i}" for i in range(first_stage, STAGES)] + ["backbone.bn2", "head"]
             replace_activations(model, "silu", modules=names)
     return model, options
+
+
+def _setting(parts: list[str], prefix: str, default):
+    """The value of a variant's ``<prefix><value>`` part (``steps-2``, ``share-0.5``), else ``default``."""
+    values = [p[len(prefix):] for p in parts if p.startswith(prefix)]
+    return values[0] if values else default
 
 
 def split_blend(variant: str) -> tuple[str, float | None]:

@@ -122,6 +122,19 @@ def test_koniq_official_and_paper_splits(koniq):
     assert image.shape == (3, 8, 10) and score.item() == 56.5
 
 
+def test_koniq_feeds_evaluate_directly(koniq):
+    from surgery import evaluate, metrics
+    from surgery.attacks import scores
+    from tests.models import TinyIQA
+
+    torch.manual_seed(0)
+    model = TinyIQA().eval()
+    dataset = KonIQ10k(koniq, koniq / "koniq.csv", "all", size=(8, 10))
+    table = evaluate(model, dataset, attacks="pgd-1", eps_grid=(4 / 255,), batch_size=3, progress=False)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    assert table.summaries[0]["srocc"] == pytest.approx(metrics.srocc(scores(model, images), dataset.mos))
+
+
 @pytest.mark.parametrize(
     "call,error,match",
     [

@@ -112,6 +112,24 @@ def test_consistency_penalty_is_the_squared_gap():
     assert penalty.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
+def test_consistency_on_a_fraction_of_the_batch_attacks_only_that_share():
+    torch.manual_seed(0)
+    model = TinyIQA()
+    images, _ = toy_data(5)
+    targets = model(images).detach()
+    defense = ConsistencyTraining(beta=2.0, fraction=0.5)
+    torch.manual_seed(1)
+    adversarial = defense.adversarial(model, images[:3])
+    torch.manual_seed(1)
+    attacked = []
+    model.register_forward_hook(lambda module, args, out: attacked.append(args[0].shape[0]))
+    penalty = defense.loss(model, images, targets, mse)
+    calls = list(attacked)
+    expected = 2.0 * (model(adversarial) - model(images[:3])).square().mean()
+    assert penalty.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert set(calls[:-1]) == {3} and calls[-1] == 5 + 3  # the attack on 3 images, then one forward of 5 clean + 3 attacked
+
+
 def test_consistency_attacks_the_model_as_at_inference():
     """The inner attack sees running statistics and no dropout, and leaves modes and buffers alone."""
     torch.manual_seed(0)
@@ -124,7 +142,9 @@ def test_consistency_attacks_the_model_as_at_inference():
     assert_unchanged(model, before)
 
 
-@pytest.mark.parametrize("options", [{"eps": 0.0}, {"steps": 0}, {"beta": -1.0}, {"eps": float("nan")}])
+@pytest.mark.parametrize(
+    "options", [{"eps": 0.0}, {"steps": 0}, {"beta": -1.0}, {"eps": float("nan")}, {"fraction": 0.0}, {"fraction": 1.5}]
+)
 def test_consistency_refuses_bad_settings(options):
     with pytest.raises(ValueError, match="ConsistencyTraining"):
         ConsistencyTraining(**options)

@@ -87,6 +87,7 @@ def _short_attacks(specs):
             key = re.sub(r"^pgd-\d+-rs$", "pgd-2-rs", key)
             key = re.sub(r"^paper-pgd-\d+$", "paper-pgd-1", key)
             key = re.sub(r"^pgd-(\d+)$", lambda m: f"pgd-{min(int(m[1]), 2)}", key)
+            key = re.sub(r"^square-\d+$", "square-4", key)
             spec = key
         short.append(spec)
     return short

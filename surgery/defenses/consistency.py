@@ -10,8 +10,15 @@ is asked to score it as it scores the clean one, in whichever direction the atta
 moved it. ``scale`` puts the gap in units of the scores' spread (the standard deviation of
 the training labels is a good choice, and what :func:`surgery.robustify` passes), so one
 ``beta`` means the same for a model scoring in [0, 1] and one scoring in [0, 100].
+
+``fraction`` < 1 attacks only that share of each batch (its first images; batches are
+shuffled) and averages the penalty over them: the penalty keeps its expected value while
+the inner attack and the attacked forward and backward, most of the cost, shrink with it
+(benchmarks/robust_training.py times it).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -24,7 +31,8 @@ __all__ = ["ConsistencyTraining"]
 
 class ConsistencyTraining(Defense):
     def __init__(
-        self, eps: float = 4 / 255, steps: int = 3, beta: float = 1.0, alpha: float | None = None, scale: float = 1.0
+        self, eps: float = 4 / 255, steps: int = 3, beta: float = 1.0, alpha: float | None = None, scale: float = 1.0,
+        fraction: float = 1.0,
     ):
         self.eps = check_budget("ConsistencyTraining", eps=eps)
         self.scale = check_budget("ConsistencyTraining", scale=scale)
@@ -34,6 +42,9 @@ class ConsistencyTraining(Defense):
         self.steps = steps
         self.beta = float(beta)
         self.alpha = check_budget("ConsistencyTraining", alpha=alpha) if alpha is not None else 2.5 * eps / steps
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ValueError(f"ConsistencyTraining: fraction must be in (0, 1], got {fraction!r}")
+        self.fraction = float(fraction)
 
     def attack(self) -> PGD:
         """The inner attack: random-start PGD moving the score away from the clean one, last iterate."""
@@ -45,6 +56,9 @@ class ConsistencyTraining(Defense):
             return self.attack().run(score, images.detach(), direction="away")
 
     def loss(self, score: ScoreFn, images: torch.Tensor, targets: torch.Tensor, task_loss: LossFn) -> torch.Tensor:
-        adversarial = self.adversarial(score, images)
-        clean, attacked = score(torch.cat([images, adversarial])).split(images.shape[0])
-        return task_loss(clean, targets) + self.beta * ((attacked - clean) / self.scale).square().mean()
+        attacked_count = max(1, math.ceil(self.fraction * images.shape[0] - 1e-9))
+        adversarial = self.adversarial(score, images[:attacked_count])
+        values = score(torch.cat([images, adversarial]))
+        clean, attacked = values[: images.shape[0]], values[images.shape[0] :]
+        gap = (attacked - clean[:attacked_count]) / self.scale
+        return task_loss(clean, targets) + self.beta * gap.square().mean()
