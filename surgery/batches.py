@@ -112,7 +112,7 @@ class ImageStream:
         chunks = self._chunks(indices, shard)
         if self.tensor is not None:
             for place, index in chunks:
-                yield Batch(place, index, self.tensor[index], torch.full((index.numel(),), float("nan")))
+                yield Batch(place, index, self.tensor[index], torch.full((index.numel(),), float("nan"), dtype=torch.float64))
             return
         loader = DataLoader(
             _Chunks(self.dataset, [index.tolist() for _, index in chunks]), batch_size=None,
@@ -130,7 +130,7 @@ class ImageStream:
                 stop += 1
             images = torch.stack([image for image, _ in pairs[start:stop]])
             check_images(images, index[start:stop].tolist(), self.what)
-            scores = torch.tensor([score for _, score in pairs[start:stop]], dtype=torch.float32)
+            scores = torch.tensor([score for _, score in pairs[start:stop]], dtype=torch.float64)
             yield Batch(place[start:stop], index[start:stop], images, scores)
             start = stop
 

@@ -154,6 +154,23 @@ class ModelMap:
             })
         return rows
 
+    def trailing_parameters(self, count: int) -> list[str]:
+        """Names of the parameters of the last ``count`` blocks and of every layer that first runs
+        after the first of them (the head): what "train the last ``count`` blocks" trains.
+        Parameters of modules that never ran on the example input are left out."""
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(self.blocks):
+            raise ValueError(f"count must be a whole number in 1..{len(self.blocks)} (the model's conv blocks), got {count!r}")
+        start = _first_call(self.blocks[-count].name, self.calls)
+        names = []
+        for module_name, module in self.model.named_modules():
+            call = self.calls.get(module_name)
+            if call is None or call.order < start:
+                continue
+            prefix = f"{module_name}." if module_name else ""
+            names += [prefix + name for name, _ in module.named_parameters(recurse=False)]
+        order = {name: i for i, (name, _) in enumerate(self.model.named_parameters())}
+        return sorted(set(names) & set(order), key=order.get)
+
     def in_shape(self, name: str) -> tuple[int, ...]:
         """(C, H, W) that module ``name`` receives for the example input."""
         return self.calls[name].in_shape[1:]

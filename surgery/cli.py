@@ -12,6 +12,7 @@ from torch import nn
 import surgery
 from surgery import distributed
 from surgery.evaluation import DEFAULT_ATTACKS, resolve_attacks
+from surgery.recipes import RECIPES
 from surgery.ortho import ortho_names
 
 
@@ -177,6 +178,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_eval.add_argument("--plots", help="folder for the AbsGain-vs-eps and trade-off plots")
 
+    p_robustify = sub.add_parser(
+        "robustify", help="make a zoo model or a saved model harder to fool (the robust recipe) and save it"
+    )
+    add_debug(p_robustify)
+    p_robustify.add_argument("model", help=f"zoo model name ({', '.join(surgery.list_models())}) or a file saved by surgery")
+    p_robustify.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="for zoo models")
+    add_weights_args(p_robustify)
+    p_robustify.add_argument("--images", required=True, help="folder of training images")
+    p_robustify.add_argument("--csv", required=True, help="CSV listing the training images and their MOS")
+    p_robustify.add_argument("--image-column", default="image")
+    p_robustify.add_argument("--score-column", required=True, help="MOS column of the CSV")
+    p_robustify.add_argument("--val-images", help="folder of the validation images (default: --images)")
+    p_robustify.add_argument("--val-csv", help="CSV of held-out validation images and their MOS (same columns)")
+    p_robustify.add_argument("--val-fraction", type=_fraction, help="hold out this fraction of the training CSV for validation")
+    p_robustify.add_argument("--input-size", type=int, nargs=3, default=(3, 224, 224), metavar=("C", "H", "W"),
+                             help="size the images are resized to (C is 3)")
+    p_robustify.add_argument("--recipe", default="robust", choices=sorted(RECIPES), help="what robustify runs (default: robust)")
+    p_robustify.add_argument("--target", type=_fraction,
+                             help="choose the blend on validation: keep at least this fraction of the validation SROCC (e.g. 0.99)")
+    p_robustify.add_argument("--epochs", type=_positive_int, help="instead of the recipe's")
+    p_robustify.add_argument("--lr", type=float, help="instead of the recipe's")
+    p_robustify.add_argument("--seed", type=int, default=0)
+    p_robustify.add_argument("--checkpoint-dir", help="folder of resumable fine-tune checkpoints")
+    p_robustify.add_argument("--out", required=True, help="where to save the robust model (load it with surgery.load)")
+
     p_models = sub.add_parser("models", help="list the zoo models")
     add_debug(p_models)
     p_models.add_argument("filter", nargs="?", default="", help="shell pattern, e.g. 'default*'")
@@ -197,6 +223,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         return _evaluate(args)
+    if args.command == "robustify":
+        return _robustify(args)
     if args.command == "models":
         names = surgery.list_models(args.filter, pretrained=args.pretrained)
         if not names:
@@ -335,6 +363,46 @@ def _evaluate(args) -> int:
         if args.score_column is not None and any(key.endswith(" abs_gain_auc") for summary in table.summaries for key in summary):
             plot_tradeoff(table, os.path.join(args.plots, "tradeoff.png"))
     print(f"wrote {stem}.csv/.md/.json" + (f" and plots in {args.plots}" if args.plots else ""))
+    return 0
+
+
+def _robustify(args) -> int:
+    """The recipe on a folder of images; the calibration report and the saved file."""
+    from torch.utils.data import Subset
+
+    from .data import ImageFolder
+
+    channels, height, width = args.input_size
+    if channels != 3 or min(height, width) < 1:
+        raise UsageError(f"--input-size must be 3 H W with H, W >= 1, got {' '.join(map(str, args.input_size))}")
+    if args.val_csv and args.val_fraction:
+        raise UsageError("--val-csv and --val-fraction both give validation images: pass one")
+    if args.target is not None and not (args.val_csv or args.val_fraction):
+        raise UsageError("--target chooses the blend on validation images: add --val-csv FILE or --val-fraction 0.1")
+    if os.path.isfile(args.model):
+        model = surgery.load(args.model)
+    else:
+        model, _ = _zoo_model(args.model, _model_kwargs(args.model_arg), args.checkpoint, args.random_weights)
+    columns = {"image_column": args.image_column, "score_column": args.score_column, "size": (height, width)}
+    train = ImageFolder(args.images, args.csv, **columns)
+    val = None
+    if args.val_csv:
+        val = ImageFolder(args.val_images or args.images, args.val_csv, **columns)
+    elif args.val_fraction:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed)).tolist()
+        held = max(2, round(args.val_fraction * len(train)))
+        if held >= len(train):
+            raise UsageError(f"--val-fraction {args.val_fraction} leaves no training images of {len(train)}")
+        train, val = Subset(train, sorted(order[held:])), Subset(train, sorted(order[:held]))
+    options = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    robust, result = surgery.robustify(
+        model, train, val, args.recipe, target=args.target, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
+        **options,
+    )
+    surgery.save(robust, args.out)
+    if result.best_epoch is not None:
+        print(f"best epoch {result.best_epoch}: validation SROCC {result.best_srocc:.4f}")
+    print(f"saved to {args.out}")  # robustify printed the calibration report
     return 0
 
 

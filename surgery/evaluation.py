@@ -290,7 +290,9 @@ def _attack_pass(model, runs, stream: ImageStream, picked: torch.Tensor, store: 
 
 
 def _measured_range(model, score_range, train_images, clean, batch_size, num_workers) -> tuple[tuple[float, float], str]:
-    if score_range == "evaluated":
+    if isinstance(score_range, str):
+        if score_range != "evaluated":
+            raise ValueError(f"score_range must be (low, high), 'evaluated' or None, got {score_range!r}")
         return metrics.score_range(clean), "evaluated images"
     if score_range is not None:
         low, high = (float(v) for v in score_range)

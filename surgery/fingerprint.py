@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-__all__ = ["update_digest", "model_fingerprint", "data_fingerprint", "image_fingerprints", "settings_record", "differences"]
+__all__ = [
+    "update_digest", "model_fingerprint", "state_fingerprint", "data_fingerprint", "image_fingerprints", "settings_record",
+    "differences",
+]
 
 _PIXEL_SAMPLE = 1 << 20  # elements of a tensor dataset's images hashed (a strided sample)
 _IMAGE_SAMPLE = 1 << 14  # elements of one image hashed by image_fingerprints
@@ -34,8 +37,13 @@ def update_digest(digest, tensor: torch.Tensor) -> None:
 
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 of every parameter and buffer: names, shapes, dtypes and values."""
+    return state_fingerprint(model.state_dict())
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, shapes, dtypes and values, in its order."""
     digest = hashlib.sha256()
-    for name, value in model.state_dict().items():
+    for name, value in state.items():
         digest.update(name.encode())
         update_digest(digest, value)
     return digest.hexdigest()

@@ -8,7 +8,7 @@ training mode. These context managers restore each module's flag individually.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -42,11 +42,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """No gradients for the model's weights inside; each parameter's ``requires_grad`` restored."""
+def frozen(model: nn.Module, trained: Iterable[nn.Parameter] = ()) -> Iterator[nn.Module]:
+    """No gradients for the model's weights inside, except ``trained``'s; each parameter's
+    ``requires_grad`` restored."""
+    keep = {id(p) for p in trained}
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
-        p.requires_grad_(False)
+        p.requires_grad_(id(p) in keep)
     try:
         yield model
     finally:

@@ -17,17 +17,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .blending import blend, counterparts
+from .blockmap import locate
+from .calibration import calibrate_blend
 from .defenses import ConsistencyTraining, Defense
 from .hardening import harden
 from .modes import restored_on_error
+from .scoring import model_device, model_dtype
 from .training import DataSpec, FinetuneResult, as_dataset, finetune, known_targets, parameter_names
 
 __all__ = ["Recipe", "RECIPES", "robustify"]
@@ -35,16 +40,44 @@ __all__ = ["Recipe", "RECIPES", "robustify"]
 
 @dataclass(frozen=True)
 class Recipe:
-    """What a recipe does: ``harden`` keywords (None: no block, no pruning), the training
-    defence it fine-tunes with (None: the task loss alone; called with the spread of the
-    training scores, their standard deviation), and the fraction of the fine-tune's weight
-    change it keeps (:func:`~surgery.blend`; None: all of it)."""
+    """A recipe is its whole configuration, and :func:`robustify` runs exactly it unless told
+    otherwise: the surgery (``harden`` keywords; None: no block, no pruning), the training
+    defence (None: the task loss alone; called with the spread of the training scores, their
+    standard deviation), the fine-tune (``loss``, ``epochs``, ``lr``, ``batch_size``, AdamW
+    with a cosine schedule, and which parameters train: those of the last ``train_blocks``
+    conv blocks :func:`surgery.locate` finds and of every layer after them, the head; None:
+    every parameter), and the fraction of the fine-tune's weight change kept
+    (:func:`~surgery.blend`; None: all of it)."""
 
     name: str
     description: str
     harden: dict[str, Any] | None = None
     defense: Callable[[float], Defense] | None = None
     blend: float | None = None
+    loss: str = "norm-in-norm"
+    epochs: int = 5
+    lr: float = 1e-4
+    batch_size: int = 8
+    train_blocks: int | None = None
+
+    def finetune_options(self) -> dict[str, Any]:
+        """The :func:`surgery.finetune` keywords the recipe sets."""
+        return {"loss": self.loss, "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size}
+
+    def record(self) -> dict[str, Any]:
+        """The whole configuration as plain values, as a weights file records what made it (the
+        defence by its class and settings, built for a unit score spread)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "defense"}
+        if self.defense is None:
+            return {**fields, "defense": None}
+        defense = self.defense(1.0)
+        settings = {k: v for k, v in vars(defense).items() if k != "scale"}
+        return {**fields, "defense": {"class": type(defense).__name__, **settings}}
+
+
+# the configuration measured on the default model (docs/results.md): MSE, 2 epochs, lr 1e-4,
+# batch 8, its stages 4-6 and head trained (the last 4 blocks locate finds)
+MEASURED = {"loss": "mse", "epochs": 2, "lr": 1e-4, "batch_size": 8, "train_blocks": 4}
 
 
 def _consistency(name: str, beta: float, blend: float | None = None, note: str = "") -> Recipe:
@@ -53,9 +86,12 @@ def _consistency(name: str, beta: float, blend: float | None = None, note: str =
     kept = "" if blend is None else f", then {blend:.0%} of the fine-tune's weight change kept (WiSE-FT)"
     return Recipe(
         name,
-        f"consistency training (TRADES for scores): eps 4/255, 3 steps, beta {beta:g}{kept}; no block{note}",
+        f"consistency training (TRADES for scores): eps 4/255, 3 steps, beta {beta:g}{kept}; no block; "
+        f"MSE, {MEASURED['epochs']} epochs, lr {MEASURED['lr']:g}, the last {MEASURED['train_blocks']} conv blocks "
+        f"and the head trained{note}",
         defense=lambda spread: ConsistencyTraining(eps=4 / 255, steps=3, beta=beta, scale=spread),
         blend=blend,
+        **MEASURED,
     )
 
 
@@ -64,7 +100,8 @@ RECIPES: dict[str, Recipe] = {
     "robust-strong": _consistency("robust-strong", 0.02, note=" (more robust, less accurate)"),
     "paper": Recipe(
         "paper",
-        "Meleshin et al.: RobustBlock (Cayley) before the last conv block, 10% l2 pruning, plain fine-tune",
+        "Meleshin et al.: RobustBlock (Cayley) before the last conv block, 10% l2 pruning, plain fine-tune "
+        "(Norm-in-Norm, 5 epochs, every parameter)",
         harden={"position": "auto", "ortho": "cayley", "prune": "l2", "amount": 0.10},
     ),
 }
@@ -96,37 +133,75 @@ def _same_parameters(hardened: nn.Module, original_names: dict, trained: list[st
     return [own[copy_of[name]] for name in trained]
 
 
+def _trailing_parameters(model: nn.Module, train: DataSpec, count: int) -> list[str] | None:
+    """The names of the parameters of the last ``count`` conv blocks of ``model`` and of every
+    layer after them, found on a training image (all its blocks when it has fewer); None, with
+    a warning, for a model without conv blocks (every parameter trains)."""
+    image = as_dataset(train, "train")[0][0]
+    try:
+        blocks = locate(model, example_input=torch.as_tensor(image)[None].to(model_device(model), model_dtype(model)))
+    except ValueError as err:
+        warnings.warn(
+            f"robustify: the recipe trains the last {count} conv blocks and what follows them, but {err}; every "
+            "parameter trains instead (pass parameters= to choose)",
+            stacklevel=3,
+        )
+        return None
+    return blocks.trailing_parameters(min(count, len(blocks.blocks)))
+
+
 def robustify(
     model: nn.Module,
     train: DataSpec,
     val: DataSpec | None = None,
     recipe: str = "robust",
     *,
+    target: float | None = None,
     inplace: bool = False,
     harden_options: dict[str, Any] | None = None,
     **finetune_options: Any,
 ) -> tuple[nn.Module, FinetuneResult]:
     """Harden ``model`` with a recipe and fine-tune it: ``(hardened model, fine-tune history)``.
 
-    ``recipe``: a name in :data:`RECIPES` (``"robust"``, ``"robust-strong"``, ``"paper"``). ``harden_options``
-    are added to the recipe's ``harden`` keywords (e.g. ``input_size``, ``calib``; a recipe
-    without a block refuses them); ``finetune_options`` go to :func:`surgery.finetune`
-    (``epochs``, ``lr``, ``loss``, ``checkpoint_dir``, ...) and may replace the recipe's
-    ``defense``; ``parameters=`` may name the tensors of ``model`` to train, and the copy's
-    counterparts are trained. The model is copied unless ``inplace``. A recipe with a ``blend`` moves the
-    fine-tuned weights back toward the model as it came in after the fine-tune; the history
-    and checkpoints are of the model before the blend.
+    ``recipe``: a name in :data:`RECIPES` (``"robust"``, ``"robust-strong"``, ``"paper"``); its
+    whole configuration runs (:class:`Recipe`: the robust recipes are the configuration
+    measured on the default model). ``harden_options`` are added to the recipe's ``harden``
+    keywords (e.g. ``input_size``, ``calib``; a recipe without a block refuses them);
+    ``finetune_options`` go to :func:`surgery.finetune` (``checkpoint_dir``, ``seed``, ...) and
+    replace the recipe's settings they name (``epochs``, ``lr``, ``loss``, ``batch_size``,
+    ``defense``); ``parameters=`` names the tensors of ``model`` to train instead of the
+    recipe's rule, and the copy's counterparts are trained. The model is copied unless
+    ``inplace``. A recipe with a ``blend`` moves the fine-tuned weights back toward the model
+    as it came in after the fine-tune; the history and checkpoints are of the model before
+    the blend.
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; available: {sorted(RECIPES)}")
     chosen = RECIPES[recipe]
+    if target is not None and (val is None or chosen.defense is None):
+        raise ValueError(
+            "target= chooses the blend on validation data: pass val=(images, scores) held out from train"
+            if val is None else f"recipe {recipe!r} has no robust fine-tune to blend: target= needs 'robust' or 'robust-strong'"
+        )
+    if val is None and chosen.blend is not None:
+        warnings.warn(
+            f"robustify: no val, so the blend keeps the recipe's {chosen.blend:g} of the fine-tune (chosen on the default "
+            "model), not a keep calibrated on your data, and the last epoch is kept, not the best: pass val (and target=0.99)",
+            stacklevel=2,
+        )
     given = finetune_options.get("parameters")
-    trained = None if given is None else parameter_names(model, list(given), "the model passed to robustify")
+    if given is not None:
+        trained = parameter_names(model, list(given), "the model passed to robustify")
+    elif chosen.train_blocks is not None:
+        trained = _trailing_parameters(model, train, chosen.train_blocks)
+    else:
+        trained = None
     original_names = dict.fromkeys(model.state_dict())
     # an inplace run that fails gives the model back as it came (a splice and pruning change its structure)
     with restored_on_error(model) if inplace else contextlib.nullcontext():
         # what the blend goes back toward: the model as it came in
-        original = copy.deepcopy(model) if chosen.blend is not None and inplace else model
+        blends = chosen.blend is not None or target is not None
+        original = copy.deepcopy(model) if blends and inplace else model
         if chosen.harden is None:
             if harden_options:
                 raise ValueError(f"recipe {recipe!r} adds no block: harden_options {sorted(harden_options)} have no effect")
@@ -136,12 +211,19 @@ def robustify(
             with torch.random.fork_rng():
                 torch.manual_seed(finetune_options.get("seed", 0))
                 hardened = harden(model, **{**chosen.harden, **(harden_options or {}), "inplace": inplace})
-        options = dict(finetune_options)
+        options = {**chosen.finetune_options(), **finetune_options}
         if trained is not None:
             options["parameters"] = _same_parameters(hardened, original_names, trained)
         if chosen.defense is not None and "defense" not in options:
             options["defense"] = chosen.defense(_score_spread(train))
         result = finetune(hardened, train, val, **options)
-        if chosen.blend is not None:
+        if target is not None:
+            result.calibration = calibrate_blend(
+                original, hardened, val, target, batch_size=options["batch_size"], seed=options.get("seed", 0)
+            )
+            blend(hardened, original, result.calibration.keep)
+            if options.get("progress", True):
+                tqdm.write(f"robustify, calibrated on validation:\n{result.calibration}")
+        elif chosen.blend is not None:
             blend(hardened, original, chosen.blend)
     return hardened, result

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
 from . import distributed, metrics
@@ -32,7 +32,7 @@ from .defenses.base import Defense, TrainingScore
 from .files import atomic_save
 from . import modelfile
 from .losses import get_loss
-from .modes import preserved_modes, state_copy
+from .modes import frozen, preserved_modes, state_copy
 
 __all__ = ["finetune", "FinetuneResult"]
 
@@ -41,12 +41,14 @@ DataSpec = Dataset | tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class FinetuneResult:
-    """Per-epoch history and where the best weights are."""
+    """Per-epoch history and where the best weights are; ``calibration`` is what
+    ``robustify(..., target=...)`` chose on validation (a :class:`surgery.calibration.Calibration`)."""
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     best_srocc: float | None = None
     best_path: str | None = None
+    calibration: object | None = None
 
 
 def as_dataset(data: DataSpec, name: str) -> Dataset:
@@ -64,6 +66,9 @@ def known_targets(dataset: Dataset) -> torch.Tensor | None:
     """A dataset's scores when they can be read without loading its images."""
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[1].reshape(-1).float()
+    if isinstance(dataset, Subset):
+        whole = known_targets(dataset.dataset)
+        return None if whole is None else whole[torch.as_tensor(dataset.indices, dtype=torch.long)]
     targets = getattr(dataset, "targets", None)
     return torch.as_tensor(targets, dtype=torch.float32).reshape(-1) if targets is not None else None
 
@@ -362,66 +367,68 @@ def finetune(
     model.to(device)
     if use_channels_last:
         model.to(memory_format=torch.channels_last)
-    network = scoring_network(model)
-    sharded = distributed.initialised()
-    is_main = distributed.rank() == 0
-    if sharded:
-        network = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
-
-    loaders = _Loaders(train, val, batch_size, seed, num_workers, sharded)
     params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
     trained_names = parameter_names(model, params)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    total_steps = max(1, epochs * len(loaders.train))
-    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
-    step = _Step(TrainingScore(network, _scores), get_loss(loss), defense, params, optimizer, scheduler, grad_clip, use_amp, device)
-
-    checkpoints = _Checkpoints(checkpoint_dir, write=is_main)
-    run = None
-    if checkpoint_dir is not None:
-        settings = {
-            "epochs": epochs, "loss": _loss_name(loss), "lr": lr, "weight_decay": weight_decay,
-            "batch_size": batch_size, "grad_clip": grad_clip, "defense": defense, "seed": seed, "amp": use_amp,
-            "world_size": distributed.world_size(), "parameters": trained_names,
-        }
-        run = {
-            "model": model_fingerprint(model), "settings": settings_record(settings),
-            "data": data_fingerprint(loaders.train_set, loaders.val_set, targets=known_targets),
-        }
-    result, start_epoch = FinetuneResult(), 0
-    if resume:
-        result, start_epoch = checkpoints.resume(model, optimizer, scheduler, loaders.generator, device, result, run)
-    best_state = None  # best weights in memory when there is no checkpoint folder
-    for epoch in range(start_epoch, epochs):
-        _train_mode(network, params)
-        if loaders.sampler is not None:
-            loaders.sampler.set_epoch(epoch)
-        started = time.perf_counter()
-        bar = tqdm(loaders.train, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and is_main), leave=False)
-        record = {"epoch": epoch + 1, "train_loss": step.epoch(bar, use_channels_last, epoch), "lr": scheduler.get_last_lr()[0]}
-        if loaders.val is not None:
-            record.update(_validate(network, loaders.val, device, step.autocast))
-        record["seconds"] = time.perf_counter() - started
-        result.history.append(record)
-
-        if loaders.val is not None and (result.best_srocc is None or record["val_srocc"] > result.best_srocc):
-            result.best_epoch, result.best_srocc = epoch + 1, record["val_srocc"]
-            result.best_path = checkpoints.save_best(model)
-            if result.best_path is None:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        checkpoints.save_last(model, optimizer, scheduler, loaders.generator, epoch, result, run)
-        if progress and is_main:
-            tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    # the other weights get no gradient, so backward stops at the first trained layer
+    with frozen(model, trained=params):
+        network = scoring_network(model)
+        sharded = distributed.initialised()
+        is_main = distributed.rank() == 0
         if sharded:
-            dist.barrier()
+            network = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
-    if result.best_path is not None and os.path.isfile(result.best_path):
-        best_state = modelfile.read(result.best_path, device)["state_dict"]
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    if use_channels_last:
-        model.to(memory_format=torch.contiguous_format)
-    return result
+        loaders = _Loaders(train, val, batch_size, seed, num_workers, sharded)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        total_steps = max(1, epochs * len(loaders.train))
+        cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        step = _Step(TrainingScore(network, _scores), get_loss(loss), defense, params, optimizer, scheduler, grad_clip, use_amp, device)
+
+        checkpoints = _Checkpoints(checkpoint_dir, write=is_main)
+        run = None
+        if checkpoint_dir is not None:
+            settings = {
+                "epochs": epochs, "loss": _loss_name(loss), "lr": lr, "weight_decay": weight_decay,
+                "batch_size": batch_size, "grad_clip": grad_clip, "defense": defense, "seed": seed, "amp": use_amp,
+                "world_size": distributed.world_size(), "parameters": trained_names,
+            }
+            run = {
+                "model": model_fingerprint(model), "settings": settings_record(settings),
+                "data": data_fingerprint(loaders.train_set, loaders.val_set, targets=known_targets),
+            }
+        result, start_epoch = FinetuneResult(), 0
+        if resume:
+            result, start_epoch = checkpoints.resume(model, optimizer, scheduler, loaders.generator, device, result, run)
+        best_state = None  # best weights in memory when there is no checkpoint folder
+        for epoch in range(start_epoch, epochs):
+            _train_mode(network, params)
+            if loaders.sampler is not None:
+                loaders.sampler.set_epoch(epoch)
+            started = time.perf_counter()
+            bar = tqdm(loaders.train, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and is_main), leave=False)
+            record = {"epoch": epoch + 1, "train_loss": step.epoch(bar, use_channels_last, epoch), "lr": scheduler.get_last_lr()[0]}
+            if loaders.val is not None:
+                record.update(_validate(network, loaders.val, device, step.autocast))
+            record["seconds"] = time.perf_counter() - started
+            result.history.append(record)
+
+            if loaders.val is not None and (result.best_srocc is None or record["val_srocc"] > result.best_srocc):
+                result.best_epoch, result.best_srocc = epoch + 1, record["val_srocc"]
+                result.best_path = checkpoints.save_best(model)
+                if result.best_path is None:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            checkpoints.save_last(model, optimizer, scheduler, loaders.generator, epoch, result, run)
+            if progress and is_main:
+                tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+            if sharded:
+                dist.barrier()
+
+        if result.best_path is not None and os.path.isfile(result.best_path):
+            best_state = modelfile.read(result.best_path, device)["state_dict"]
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        if use_channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        return result

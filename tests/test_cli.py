@@ -245,3 +245,50 @@ def test_eval_keeps_models_with_the_same_file_name_apart(tmp_path, capsys):
 ])
 def test_model_names_tell_files_apart(specs, names):
     assert _model_names(specs) == names
+
+
+def _scored_folder(tmp_path, count=16):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["image,mos"]
+    for i in range(count):
+        level = 40 + 12 * i
+        Image.fromarray(np.clip(rng.normal(level, 20, (24, 24, 3)), 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{i + 1}")
+    (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
+    return folder, tmp_path / "scores.csv"
+
+
+def test_robustify_calibrates_saves_and_round_trips_through_load(tmp_path, monkeypatch, capsys):
+    folder, table = _scored_folder(tmp_path)
+    saved = {}
+    save = surgery.save
+    monkeypatch.setattr(surgery, "save", lambda model, path: saved.update(model=model) or save(model, path))
+    out = tmp_path / "robust.pt"
+    code = main([
+        "robustify", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder),
+        "--csv", str(table), "--score-column", "mos", "--input-size", "3", "32", "32", "--val-fraction", "0.25",
+        "--target", "0.5", "--epochs", "1", "--out", str(out),
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "calibrated on validation" in printed and "| keep | val SROCC |" in printed and "saved to" in printed
+    loaded = surgery.load(out).eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), saved["model"].eval()(images))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--target", "0.99"], "--target chooses the blend on validation images"),
+    (["--val-csv", "v.csv", "--val-fraction", "0.2"], "pass one"),
+])
+def test_robustify_refuses_what_it_cannot_do(tmp_path, capsys, extra, message):
+    folder, table = _scored_folder(tmp_path, 4)
+    arguments = ["robustify", "default", "--images", str(folder), "--csv", str(table), "--score-column", "mos", "--out", "r.pt"]
+    assert main(arguments + extra) == 2
+    assert message in capsys.readouterr().err

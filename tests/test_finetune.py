@@ -283,3 +283,16 @@ def test_a_dataset_of_numpy_images_trains():
 
     result = finetune(TinyIQA(), Arrays(), epochs=1, loss="mse", progress=False)
     assert len(result.history) == 1
+
+
+def test_training_some_parameters_back_propagates_no_further_than_they_are():
+    """The frozen layers get no weight gradient (backward used to run through them all) and
+    keep their requires_grad flags."""
+    train, _ = toy_split()
+    model = TinyIQA()
+    model.fc.bias.requires_grad_(False)
+    seen = []
+    model.conv.weight.register_hook(lambda grad: seen.append(grad))
+    finetune(model, train, epochs=1, parameters=[model.fc.weight], progress=False)
+    assert not seen and model.conv.weight.grad is None
+    assert model.conv.weight.requires_grad and not model.fc.bias.requires_grad

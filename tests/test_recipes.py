@@ -220,3 +220,56 @@ def test_a_paper_recipe_run_resumes_from_its_checkpoint_folder(tmp_path):
     assert resumed.history == history.history
     for key, value in first.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_robustify_runs_the_recipe_record(monkeypatch):
+    """Its defaults are the recipe's whole configuration: loss, epochs, lr, batch size, the
+    defence and the trained parts (on the default model: stages 4-6 and the head, as measured)."""
+    import surgery.recipes
+    from surgery.training import FinetuneResult
+    from surgery.zoo.default import trained_prefixes
+
+    calls = []
+    monkeypatch.setattr(surgery.recipes, "finetune", lambda model, train, val, **kw: calls.append((model, kw)) or FinetuneResult())
+    model = surgery.create_model("default", pretrained=True)
+    images, targets = cluster_data(48, 4)
+    robust, _ = surgery.robustify(model, (images, targets))
+    copy_, options = calls[0]
+    recipe = RECIPES["robust"]
+    assert copy_ is robust and {k: options[k] for k in ("loss", "epochs", "lr", "batch_size")} == recipe.finetune_options()
+    assert (recipe.loss, recipe.epochs, recipe.lr, recipe.batch_size, recipe.train_blocks) == ("mse", 2, 1e-4, 8, 4)
+    assert options["defense"].beta == 0.02 and options["defense"].steps == 3
+    names = {id(p): n for n, p in robust.named_parameters()}
+    assert [names[id(p)] for p in options["parameters"]] == [n for n, _ in robust.named_parameters() if n.startswith(trained_prefixes(4))]
+    surgery.robustify(model, (images, targets), epochs=1, lr=1e-3, parameters=list(model.head.parameters()))
+    options = calls[1][1]
+    assert (options["epochs"], options["lr"], options["loss"]) == (1, 1e-3, "mse")
+    copy_names = {id(p): n for n, p in calls[1][0].named_parameters()}
+    assert [copy_names[id(p)] for p in options["parameters"]] == [n for n, _ in model.named_parameters() if n.startswith("head.")]
+
+
+def test_trailing_parameters_are_the_last_blocks_and_what_follows():
+    model = SmallCNN()
+    blocks = surgery.locate(model, input_size=(3, 16, 16))
+    every = [n for n, _ in model.named_parameters()]
+    assert blocks.trailing_parameters(len(blocks.blocks)) == every
+    last = blocks.trailing_parameters(1)
+    assert last == every[every.index(f"{blocks.blocks[-1].name}.weight"):]
+    with pytest.raises(ValueError, match="count must be"):
+        blocks.trailing_parameters(len(blocks.blocks) + 1)
+
+
+def test_a_model_without_conv_blocks_trains_every_parameter():
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3 * 8 * 8, 1)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)).squeeze(-1)
+
+    images, targets = cluster_data(8, 8)
+    model = Flat()
+    with pytest.warns(UserWarning, match="every parameter trains instead"):
+        robust, _ = surgery.robustify(model, (images, targets), (images, targets), epochs=1, progress=False)
+    assert not torch.equal(robust.fc.weight, model.fc.weight)

@@ -152,6 +152,11 @@ class SyntheticIQA(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._image(index), self.labels[index]
 
+    @property
+    def targets(self) -> torch.Tensor:
+        """The pseudo-MOS of every item, read without making images (as ``robustify`` reads the spread)."""
+        return self.labels
+
     def reference_of(self, index: int) -> int:
         return self.items[index][0]
 

@@ -1,0 +1,136 @@
+"""Choosing the blend on the user's validation data: ``robustify(..., target=0.99)``.
+
+The robust recipes fine-tune with a consistency strength that overshoots (more robust than
+needed, less accurate), and the blend (:func:`~surgery.blend`, WiSE-FT, Wortsman et al.
+2022) moves the weights back toward the original's: blending costs forward passes only,
+so every keep of a grid is measured on validation and the operating point is chosen
+there, never on the data a result is reported on. The choice: the most robust keep whose
+validation SROCC keeps at least ``target`` of the original's; robustness is the mean
+AbsGain of a random-start PGD raising the score of a few validation images (normalised by
+the range of the original's validation scores). :class:`Calibration` is the report.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import metrics
+from .attacks import PGD
+from .batches import ImageStream
+from .blending import blend
+from .modes import measuring
+from .scoring import as_model_input, score_fn
+
+__all__ = ["Calibration", "calibrate_blend", "KEEP_GRID"]
+
+KEEP_GRID: tuple[float, ...] = tuple(k / 10 for k in range(1, 11))
+
+
+@dataclass
+class Calibration:
+    """What ``robustify(target=...)`` chose and why: the keep, validation SROCC and the quick
+    robustness figure for the original and the result, and every keep measured (``grid``)."""
+
+    target: float
+    keep: float
+    met: bool
+    val_srocc_original: float
+    val_srocc: float
+    val_gain_original: float
+    val_gain: float
+    attack: str
+    grid: list[dict] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        kept = self.val_srocc / self.val_srocc_original
+        verdict = (
+            f"keep {self.keep:g}: the most robust blend whose validation SROCC keeps >= {self.target:.1%} of the original's"
+            if self.met else
+            f"keep {self.keep:g}: NO blend keeps {self.target:.1%} of the original's validation SROCC; this one keeps the most"
+        )
+        lines = [
+            verdict,
+            f"validation SROCC {self.val_srocc_original:.4f} -> {self.val_srocc:.4f} ({kept:.1%} kept)",
+            f"{self.attack} AbsGain on validation images {self.val_gain_original:.4f} -> {self.val_gain:.4f} "
+            f"({self.val_gain / self.val_gain_original:.2f}x the original's)" if self.val_gain_original > 0 else
+            f"{self.attack} AbsGain on validation images {self.val_gain_original:.4f} -> {self.val_gain:.4f}",
+            "| keep | val SROCC | kept | val AbsGain |", "|---|---|---|---|",
+        ]
+        lines += [f"| {r['keep']:g} | {r['val_srocc']:.4f} | {r['srocc_kept']:.1%} | {r['val_gain']:.4f} |" for r in self.grid]
+        return "\n".join(lines)
+
+
+def _measure(model: nn.Module, stream: ImageStream, mos: torch.Tensor | None, attacked: torch.Tensor, attack: PGD, score_range):
+    """Validation SROCC, the attack's AbsGain on the ``attacked`` images (the first of the
+    stream), the score range it was normalised by, and the MOS (``mos``, else the data's own)."""
+    score = score_fn(model)
+    values, carried = [], []
+    with torch.no_grad(), measuring(model):
+        for batch in stream.batches(shard=False):
+            values.append(score(as_model_input(batch.images, model)).float().cpu())
+            carried.append(batch.scores)
+    clean = torch.cat(values)
+    mos = torch.cat(carried).double() if mos is None else mos
+    if not torch.isfinite(mos).all():
+        raise ValueError("calibration needs a score for every validation image: pass val as (images, scores) or (image, score) items")
+    adversarial = attack(model, attacked)
+    with torch.no_grad(), measuring(model):
+        gained = score(as_model_input(adversarial, model)).float().cpu()
+    lo, hi = score_range if score_range is not None else metrics.score_range(clean)
+    return metrics.srocc(clean, mos), metrics.abs_gain(clean[: attacked.shape[0]], gained, lo, hi), (lo, hi), mos
+
+
+def calibrate_blend(
+    original: nn.Module,
+    tuned: nn.Module,
+    val,
+    target: float,
+    *,
+    keeps: Sequence[float] = KEEP_GRID,
+    attack_images: int = 16,
+    eps: float = 4 / 255,
+    steps: int = 10,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> Calibration:
+    """Measure every blend of ``tuned`` toward ``original`` in ``keeps`` on ``val`` and choose
+    (see the module docstring); neither model is changed. The attack: PGD with a random start,
+    ``steps`` steps at ``eps``, seeded, on the first ``attack_images`` validation images."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise ValueError(f"target must be the fraction of the original's validation SROCC to keep, in (0, 1], got {target!r}")
+    keeps = sorted(set(float(k) for k in keeps))
+    if not keeps or not all(0 <= k <= 1 for k in keeps):
+        raise ValueError(f"keeps must be fractions in [0, 1], got {keeps!r}")
+    tensors = isinstance(val, (tuple, list)) and len(val) == 2 and all(torch.is_tensor(t) for t in val)
+    images, mos = (val[0], val[1].reshape(-1).double()) if tensors else (val, None)
+    if mos is not None and mos.numel() != images.shape[0]:
+        raise ValueError(f"val: {images.shape[0]} images but {mos.numel()} scores")
+    stream = ImageStream(images, batch_size, what="val image")
+    attacked = torch.cat([b.images for b in stream.batches(range(min(attack_images, len(stream))), shard=False)])
+    attack = PGD(eps=eps, steps=steps, random_start=True, seed=seed)
+    name = f"pgd-{steps}-rs at {eps * 255:g}/255"
+    srocc_0, gain_0, score_range, mos = _measure(original, stream, mos, attacked, attack, None)
+    work, state = copy.deepcopy(tuned), copy.deepcopy(tuned.state_dict())
+    grid = []
+    for keep in keeps:
+        work.load_state_dict(state)
+        srocc, gain, _, _ = _measure(blend(work, original, keep), stream, mos, attacked, attack, score_range)
+        grid.append({"keep": keep, "val_srocc": srocc, "srocc_kept": srocc / srocc_0, "val_gain": gain})
+    passing = [r for r in grid if r["val_srocc"] >= target * srocc_0]
+    met = bool(passing)
+    chosen = min(passing, key=lambda r: (r["val_gain"], -r["keep"])) if met else max(grid, key=lambda r: r["val_srocc"])
+    if not met:
+        warnings.warn(
+            f"robustify: no blend keeps {target:.1%} of the original's validation SROCC ({srocc_0:.4f}); keep "
+            f"{chosen['keep']:g} keeps the most ({chosen['srocc_kept']:.1%}): lower target or use a weaker defence",
+            stacklevel=3,
+        )
+    return Calibration(
+        target=float(target), keep=chosen["keep"], met=met, val_srocc_original=srocc_0, val_srocc=chosen["val_srocc"],
+        val_gain_original=gain_0, val_gain=chosen["val_gain"], attack=name, grid=grid,
+    )

@@ -1,0 +1,87 @@
+"""robustify(target=...): the blend is chosen on validation by the documented rule."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import surgery
+import surgery.calibration
+from surgery.calibration import calibrate_blend
+from tests.models import SmallCNN
+from tests.test_recipes import cluster_data
+
+
+class Dial(nn.Module):
+    """A model whose one weight is the keep of the blend it came from (0 original, 1 tuned)."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1)
+        self.value = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, x):
+        return self.conv(x).mean((1, 2, 3)) + 0 * self.value
+
+
+# validation SROCC and robustness (AbsGain) of each keep: more keep, more robust, less accurate
+SROCC = {0.0: 0.90, 0.2: 0.899, 0.4: 0.897, 0.6: 0.892, 0.8: 0.85, 1.0: 0.80}
+GAIN = {0.0: 1.0, 0.2: 0.8, 0.4: 0.6, 0.6: 0.5, 0.8: 0.3, 1.0: 0.2}
+
+
+@pytest.fixture
+def dial(monkeypatch):
+    def measure(model, stream, mos, attacked, attack, score_range):
+        keep = round(model.value.item(), 6)
+        return SROCC[keep], GAIN[keep], (0.0, 1.0), torch.zeros(1)
+
+    monkeypatch.setattr(surgery.calibration, "_measure", measure)
+    original, tuned = Dial(0.0), Dial(1.0)
+    tuned.load_state_dict({**original.state_dict(), "value": torch.tensor(1.0)})
+    val = (torch.rand(4, 3, 8, 8), torch.rand(4))
+    return original, tuned, val
+
+
+@pytest.mark.parametrize("target,keep", [(0.99, 0.6), (0.995, 0.4), (0.9, 0.8), (0.88, 1.0)])
+def test_the_most_robust_keep_that_meets_the_target_is_chosen(dial, target, keep):
+    original, tuned, val = dial
+    report = calibrate_blend(original, tuned, val, target, keeps=sorted(SROCC))
+    assert report.met and report.keep == keep
+    assert report.val_srocc == SROCC[keep] and report.val_gain == GAIN[keep] and report.val_srocc_original == 0.90
+    assert [r["keep"] for r in report.grid] == sorted(SROCC) and f"keep {keep:g}" in str(report)
+    assert tuned.value.item() == 1.0 and original.value.item() == 0.0  # neither model is changed
+
+
+def test_an_unreachable_target_keeps_the_most_accurate_blend_and_says_so(dial):
+    original, tuned, val = dial
+    with pytest.warns(UserWarning, match="no blend keeps 100.0%"):
+        report = calibrate_blend(original, tuned, val, 1.0, keeps=[0.2, 0.6, 1.0])
+    assert not report.met and report.keep == 0.2 and "NO blend" in str(report)
+
+
+def test_robustify_with_a_target_blends_by_the_calibrated_keep():
+    images, targets = cluster_data(16, 24)
+    train, val = (images[:16], targets[:16]), (images[16:], targets[16:])
+    options = {"epochs": 1, "lr": 1e-2, "loss": "mse", "progress": False, "seed": 0}
+    torch.manual_seed(0)
+    model = SmallCNN()
+    strong, _ = surgery.robustify(model, train, val, recipe="robust-strong", **options)
+    robust, result = surgery.robustify(model, train, val, target=0.5, **options)
+    report = result.calibration
+    passing = [r for r in report.grid if r["val_srocc"] >= 0.5 * report.val_srocc_original]
+    assert report.met and report.keep == min(passing, key=lambda r: (r["val_gain"], -r["keep"]))["keep"]
+    expected = surgery.blend(copy.deepcopy(strong), model, report.keep)
+    for key, value in robust.state_dict().items():
+        torch.testing.assert_close(value, expected.state_dict()[key])
+
+
+def test_target_needs_validation_data_and_a_robust_recipe():
+    images, targets = cluster_data(16, 8)
+    with pytest.raises(ValueError, match="pass val"):
+        surgery.robustify(SmallCNN(), (images, targets), target=0.99)
+    with pytest.raises(ValueError, match="target= needs 'robust'"):
+        surgery.robustify(SmallCNN(), (images, targets), (images, targets), recipe="paper", target=0.99)
+    with pytest.raises(ValueError, match="target must be"):
+        calibrate_blend(SmallCNN(), SmallCNN(), (images, targets), 1.5)
+    with pytest.warns(UserWarning, match="no val"):
+        surgery.robustify(SmallCNN(), (images, targets), epochs=1, progress=False)
