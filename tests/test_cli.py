@@ -36,17 +36,7 @@ def test_module_entry_point_runs():
 
 
 def test_eval_writes_tables_and_plots(tmp_path, capsys):
-    import numpy as np
-    from PIL import Image
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    rows = ["image,mos"]
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-        rows.append(f"{i}.png,{i + 1}")
-    (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
+    folder, _ = _photos(tmp_path, 4)
     out = tmp_path / "res.csv"
     code = main([
         "eval", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder),
@@ -64,17 +54,7 @@ def test_eval_under_torchrun_writes_one_process_table_once(tmp_path):
     import json
     import os
 
-    import numpy as np
-    from PIL import Image
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    rows = ["image,mos"]
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-        rows.append(f"{i}.png,{i + 1}")
-    (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
+    folder, _ = _photos(tmp_path, 6)
     arguments = [
         "eval", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder),
         "--csv", str(tmp_path / "scores.csv"), "--score-column", "mos", "--input-size", "3", "32", "32",
@@ -247,24 +227,8 @@ def test_model_names_tell_files_apart(specs, names):
     assert _model_names(specs) == names
 
 
-def _scored_folder(tmp_path, count=16):
-    import numpy as np
-    from PIL import Image
-
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    rows = ["image,mos"]
-    for i in range(count):
-        level = 40 + 12 * i
-        Image.fromarray(np.clip(rng.normal(level, 20, (24, 24, 3)), 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-        rows.append(f"{i}.png,{i + 1}")
-    (tmp_path / "scores.csv").write_text("\n".join(rows) + "\n")
-    return folder, tmp_path / "scores.csv"
-
-
 def test_robustify_calibrates_saves_and_round_trips_through_load(tmp_path, monkeypatch, capsys):
-    folder, table = _scored_folder(tmp_path)
+    folder, table = _photos(tmp_path, 16)
     saved = {}
     save = surgery.save
     monkeypatch.setattr(surgery, "save", lambda model, path: saved.update(model=model) or save(model, path))
@@ -288,7 +252,7 @@ def test_robustify_calibrates_saves_and_round_trips_through_load(tmp_path, monke
     (["--val-csv", "v.csv", "--val-fraction", "0.2"], "pass one"),
 ])
 def test_robustify_refuses_what_it_cannot_do(tmp_path, capsys, extra, message):
-    folder, table = _scored_folder(tmp_path, 4)
+    folder, table = _photos(tmp_path, 4)
     arguments = ["robustify", "default", "--images", str(folder), "--csv", str(table), "--score-column", "mos", "--out", "r.pt"]
     assert main(arguments + extra) == 2
     assert message in capsys.readouterr().err
