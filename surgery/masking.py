@@ -77,9 +77,8 @@ def masking_checks(
 ) -> Table:
     """The gradient-masking checks for ``model`` on ``images`` at budget ``eps`` (see the module
     docstring): PGD with each of ``steps`` (from the clean image, steps of 2.5 eps / K, best
-    iterate), APGD with
-    ``strong_steps``, Square with ``queries``, random sign noise and, with ``original``, PGD
-    crafted on it; every random attack seeded with ``seed``. Gains are AbsGain sizes
+    iterate), APGD with ``strong_steps``, Square with ``queries``, random sign noise and, with
+    ``original``, the largest PGD crafted on it; every random attack seeded with ``seed``. Gains are AbsGain sizes
     (lowering attacks' gains negated when ``direction="down"``), normalised by ``score_range``,
     else the model's own, else the range of its clean scores on ``images``."""
     if direction not in ("up", "down"):
