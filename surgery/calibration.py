@@ -23,8 +23,8 @@ from . import metrics
 from .attacks import PGD
 from .batches import ImageStream
 from .blending import blend
-from .modes import measuring
-from .scoring import as_model_input, score_fn
+from .evaluation import clean_pass
+from .scoring import scores
 
 __all__ = ["Calibration", "calibrate_blend", "KEEP_GRID"]
 
@@ -68,19 +68,11 @@ class Calibration:
 def _measure(model: nn.Module, stream: ImageStream, mos: torch.Tensor | None, attacked: torch.Tensor, attack: PGD, score_range):
     """Validation SROCC, the attack's AbsGain on the ``attacked`` images (the first of the
     stream), the score range it was normalised by, and the MOS (``mos``, else the data's own)."""
-    score = score_fn(model)
-    values, carried = [], []
-    with torch.no_grad(), measuring(model):
-        for batch in stream.batches(shard=False):
-            values.append(score(as_model_input(batch.images, model)).float().cpu())
-            carried.append(batch.scores)
-    clean = torch.cat(values)
-    mos = torch.cat(carried).double() if mos is None else mos
+    clean, carried = clean_pass(model, stream)
+    mos = carried if mos is None else mos
     if not torch.isfinite(mos).all():
         raise ValueError("calibration needs a score for every validation image: pass val as (images, scores) or (image, score) items")
-    adversarial = attack(model, attacked)
-    with torch.no_grad(), measuring(model):
-        gained = score(as_model_input(adversarial, model)).float().cpu()
+    gained = scores(model, attack(model, attacked), attacked.shape[0])
     lo, hi = score_range if score_range is not None else metrics.score_range(clean)
     return metrics.srocc(clean, mos), metrics.abs_gain(clean[: attacked.shape[0]], gained, lo, hi), (lo, hi), mos
 

@@ -316,6 +316,14 @@ def _model_names(specs: list[str]) -> list[str]:
     return names
 
 
+def _image_size(args) -> tuple[int, int]:
+    """(H, W) of ``--input-size 3 H W``, the size images are read at."""
+    channels, height, width = args.input_size
+    if channels != 3 or min(height, width) < 1:
+        raise UsageError(f"--input-size must be 3 H W with H, W >= 1 (images are read as RGB), got {' '.join(map(str, args.input_size))}")
+    return height, width
+
+
 @distributed.joins_torchrun(lambda args: torch.device("cpu"))
 def _evaluate(args) -> int:
     """Under torchrun every rank attacks its share of the images; rank 0 writes and prints the table."""
@@ -328,9 +336,7 @@ def _evaluate(args) -> int:
         resolve_attacks(args.attacks)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    channels, height, width = args.input_size
-    if channels != 3 or min(height, width) < 1:
-        raise UsageError(f"--input-size must be 3 H W with H, W >= 1 (images are read as RGB), got {' '.join(map(str, args.input_size))}")
+    height, width = _image_size(args)
     zoo = [m for m in args.models if not os.path.isfile(m)]
     if args.checkpoint and len(zoo) != 1:
         raise UsageError(f"--checkpoint loads into one zoo model, but {len(zoo)} are named ({', '.join(zoo) or 'none'})")
@@ -372,9 +378,7 @@ def _robustify(args) -> int:
 
     from .data import ImageFolder
 
-    channels, height, width = args.input_size
-    if channels != 3 or min(height, width) < 1:
-        raise UsageError(f"--input-size must be 3 H W with H, W >= 1, got {' '.join(map(str, args.input_size))}")
+    height, width = _image_size(args)
     if args.val_csv and args.val_fraction:
         raise UsageError("--val-csv and --val-fraction both give validation images: pass one")
     if args.target is not None and not (args.val_csv or args.val_fraction):

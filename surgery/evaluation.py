@@ -232,9 +232,10 @@ class _Cache:
             atomic_save({"fingerprints": prints, "scores": values}, self._own_file(key))
 
 
-def _clean_pass(model: nn.Module, stream: ImageStream) -> tuple[torch.Tensor, torch.Tensor]:
+def clean_pass(model: nn.Module, stream: ImageStream) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image's clean score and the score its data carries (NaN for none), this rank's
-    batches scored and the rest gathered from the other ranks."""
+    batches scored and the rest gathered from the other ranks (what evaluate and the blend's
+    calibration score images with)."""
     values, carried, mine = (torch.zeros(len(stream), dtype=torch.float64) for _ in range(3))
     score = score_fn(model)
     with torch.no_grad(), measuring(model):
@@ -300,7 +301,7 @@ def _measured_range(model, score_range, train_images, clean, batch_size, num_wor
     if model_score_range(model) is not None:
         return model_score_range(model), "model"
     if train_images is not None:
-        reference, _ = _clean_pass(model, ImageStream(train_images, batch_size, num_workers, "train image"))
+        reference, _ = clean_pass(model, ImageStream(train_images, batch_size, num_workers, "train image"))
         return metrics.score_range(reference), "train images"
     return metrics.score_range(clean), "evaluated images"
 
@@ -372,7 +373,7 @@ def evaluate(
     stream = ImageStream(images, batch_size, num_workers)
     count = len(stream)
     distributed.check_same_on_every_rank(str(count), "the number of images", "give every process the same images")
-    clean, carried = _clean_pass(model, stream)
+    clean, carried = clean_pass(model, stream)
     target = _data_mos(mos, carried, count)
     (lo, hi), source = _measured_range(model, score_range, train_images, clean, batch_size, num_workers)
 

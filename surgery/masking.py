@@ -25,8 +25,7 @@ from . import metrics
 from .attacks import APGD, PGD, Attack, Square
 from .batches import ImageData, ImageStream
 from .evaluation import Table
-from .modes import measuring
-from .scoring import as_model_input, model_score_range, score_fn
+from .scoring import model_score_range, scores
 
 __all__ = ["masking_checks"]
 
@@ -36,15 +35,12 @@ TOLERANCE = 0.005  # AbsGain by which a stronger attack may fall short of a weak
 def _gains(model: nn.Module, attacks: dict[str, Attack], stream: ImageStream, direction: str, crafted_on: dict[str, nn.Module]):
     """Clean scores and, per attack, the scores of its adversarials (crafted on ``crafted_on[name]``
     when named there, else on the model), batch by batch."""
-    score = score_fn(model)
     clean, attacked = [], {name: [] for name in attacks}
     for batch in stream.batches(shard=False):
-        with torch.no_grad(), measuring(model):
-            clean.append(score(as_model_input(batch.images, model)).float().cpu())
+        count = batch.images.shape[0]
+        clean.append(scores(model, batch.images, count))
         for name, attack in attacks.items():
-            adversarial = attack(crafted_on.get(name, model), batch.images, direction=direction)
-            with torch.no_grad(), measuring(model):
-                attacked[name].append(score(as_model_input(adversarial, model)).float().cpu())
+            attacked[name].append(scores(model, attack(crafted_on.get(name, model), batch.images, direction=direction), count))
     return torch.cat(clean), {name: torch.cat(values) for name, values in attacked.items()}
 
 
