@@ -85,13 +85,14 @@ def broadcast_from_first(tensor: torch.Tensor) -> torch.Tensor:
     return shared.cpu()
 
 
-def check_same_on_every_rank(value: str, what: str, fix: str) -> None:
-    """Raise on every rank when ``value`` (e.g. a digest of the model's weights) differs between
-    ranks: results combined from different ``what`` would be silently wrong."""
+def check_same_on_every_rank(value: Callable[[], str], what: str, fix: str) -> None:
+    """Raise on every rank when ``value()`` (e.g. a digest of the model's weights; computed only
+    under a process group) differs between ranks: results combined from different ``what``
+    would be silently wrong."""
     if not initialised():
         return
     values = [None] * world_size()
-    dist.all_gather_object(values, value)
+    dist.all_gather_object(values, value())
     differing = [r for r, v in enumerate(values) if v != values[0]]
     if differing:
         raise ValueError(f"{what} differs between ranks (ranks {differing} are not rank 0's): {fix}")

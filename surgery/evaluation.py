@@ -368,11 +368,11 @@ def evaluate(
     """
     directions = _directions(direction)
     distributed.check_same_on_every_rank(
-        model_digest(model), "the model", "load the same weights in every process (seed a random initialisation)"
+        lambda: model_digest(model), "the model", "load the same weights in every process (seed a random initialisation)"
     )
     stream = ImageStream(images, batch_size, num_workers)
     count = len(stream)
-    distributed.check_same_on_every_rank(str(count), "the number of images", "give every process the same images")
+    distributed.check_same_on_every_rank(lambda: str(count), "the number of images", "give every process the same images")
     clean, carried = clean_pass(model, stream)
     target = _data_mos(mos, carried, count)
     (lo, hi), source = _measured_range(model, score_range, train_images, clean, batch_size, num_workers)
