@@ -124,6 +124,16 @@ def _parser() -> argparse.ArgumentParser:
             "the weights that ship with it, or needs --checkpoint",
         )
 
+    def add_image_args(p, scores_required: bool):
+        """A folder of images, the CSV of their MOS and the size they are read at (eval: the
+        CSV and its scores are optional; robustify trains on them)."""
+        p.add_argument("--images", required=True, help="folder of images")
+        p.add_argument("--csv", required=scores_required, help="CSV listing the images and their MOS")
+        p.add_argument("--image-column", default="image")
+        p.add_argument("--score-column", required=scores_required, help="MOS column of the CSV")
+        p.add_argument("--input-size", type=int, nargs=3, default=(3, 224, 224), metavar=("C", "H", "W"),
+                       help="size the images are resized to (C is 3: images are read as RGB)")
+
     p_harden = sub.add_parser("harden", help="splice RobustBlocks into a zoo model and save it")
     add_debug(p_harden)
     add_model_args(p_harden)
@@ -147,12 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     p_eval.add_argument("models", nargs="+", help="zoo model names or files saved by 'surgery harden'")
     p_eval.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="for zoo models")
     add_weights_args(p_eval)
-    p_eval.add_argument("--images", required=True, help="folder of images")
-    p_eval.add_argument("--csv", help="CSV listing the images (and their MOS)")
-    p_eval.add_argument("--image-column", default="image")
-    p_eval.add_argument("--score-column", default=None, help="MOS column of the CSV")
-    p_eval.add_argument("--input-size", type=int, nargs=3, default=(3, 224, 224), metavar=("C", "H", "W"),
-                        help="size the images are resized to (C is 3: images are read as RGB)")
+    add_image_args(p_eval, scores_required=False)
     p_eval.add_argument("--limit", type=_positive_int, help="use only the first N images")
     p_eval.add_argument("--attack-images", type=_positive_int, help="attack only the first N images (all are scored)")
     p_eval.add_argument(
@@ -185,15 +190,10 @@ def _parser() -> argparse.ArgumentParser:
     p_robustify.add_argument("model", help=f"zoo model name ({', '.join(surgery.list_models())}) or a file saved by surgery")
     p_robustify.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="for zoo models")
     add_weights_args(p_robustify)
-    p_robustify.add_argument("--images", required=True, help="folder of training images")
-    p_robustify.add_argument("--csv", required=True, help="CSV listing the training images and their MOS")
-    p_robustify.add_argument("--image-column", default="image")
-    p_robustify.add_argument("--score-column", required=True, help="MOS column of the CSV")
+    add_image_args(p_robustify, scores_required=True)
     p_robustify.add_argument("--val-images", help="folder of the validation images (default: --images)")
     p_robustify.add_argument("--val-csv", help="CSV of held-out validation images and their MOS (same columns)")
     p_robustify.add_argument("--val-fraction", type=_fraction, help="hold out this fraction of the training CSV for validation")
-    p_robustify.add_argument("--input-size", type=int, nargs=3, default=(3, 224, 224), metavar=("C", "H", "W"),
-                             help="size the images are resized to (C is 3)")
     p_robustify.add_argument("--recipe", default="robust", choices=sorted(RECIPES), help="what robustify runs (default: robust)")
     p_robustify.add_argument("--target", type=_fraction,
                              help="choose the blend on validation: keep at least this fraction of the validation SROCC (e.g. 0.99)")
