@@ -176,6 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_eval.add_argument("--batch-size", type=_positive_int, default=8)
     p_eval.add_argument("--num-workers", type=int, default=0, help="processes that read the images")
+    p_eval.add_argument("--channels-last", action="store_true",
+                        help="run the convolutions in the channels-last layout (faster; off for models that .view feature maps)")
     p_eval.add_argument("--cache", help="folder to resume interrupted sweeps from")
     p_eval.add_argument(
         "--out", default="results.csv", type=_table_path,
@@ -355,7 +357,7 @@ def _evaluate(args) -> int:
     subset = None if args.attack_images is None else range(min(args.attack_images, len(images)))
     table = surgery.compare(
         models, images, None, args.attacks, direction=args.direction, seed=args.seed, batch_size=args.batch_size,
-        num_workers=args.num_workers, cache=args.cache, attack_subset=subset, **protocol,
+        num_workers=args.num_workers, cache=args.cache, attack_subset=subset, channels_last=args.channels_last, **protocol,
     )
     if distributed.rank() != 0:
         return 0

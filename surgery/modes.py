@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["preserved_modes", "eval_mode", "frozen", "measuring", "state_copy", "restored_on_error"]
+__all__ = ["preserved_modes", "eval_mode", "frozen", "measuring", "memory_layout", "state_copy", "restored_on_error"]
 
 
 @contextlib.contextmanager
@@ -62,6 +62,24 @@ def measuring(model: nn.Module) -> Iterator[nn.Module]:
     back as it came (modes, ``requires_grad``; eval mode leaves buffers alone)."""
     with eval_mode(model), frozen(model):
         yield model
+
+
+@contextlib.contextmanager
+def memory_layout(model: nn.Module, channels_last: bool = True) -> Iterator[nn.Module]:
+    """The model's 4-D weights and buffers in the channels-last memory layout inside (convolutions
+    then run channels-last whatever the input's layout: faster on CPU and CUDA); on exit every
+    tensor gets back the very storage it had, so its layout and values are as they came."""
+    if not channels_last:
+        yield model
+        return
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.dim() == 4]
+    stored = [t.data for t in tensors]
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        for tensor, data in zip(tensors, stored):
+            tensor.data = data
 
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:

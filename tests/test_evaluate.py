@@ -266,3 +266,48 @@ def test_compare_takes_one_attack_by_name(data):
     images, mos = data
     table = compare({"a": TinyIQA().eval()}, images, mos, "pgd-1", eps_grid=(4 / 255,), progress=False)
     assert {r["attack"] for r in table.rows} == {"clean", "pgd-1"}
+
+
+class _ViewsFeatureMaps(torch.nn.Module):
+    """Calls .view on a conv output: fine in the default layout, an error in channels-last."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 12 * 12, 1)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).view(x.shape[0], -1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_channels_last_gives_the_same_table_and_the_model_its_layout_back(data, batch_size):
+    from tests.models import SmallCNN
+
+    images, mos = data
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    storages = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
+    before = snapshot(model)
+    options = {"attacks": ["pgd-2", "pgd-2-rs", "uap"], "eps_grid": (4 / 255,), "progress": False, "batch_size": batch_size}
+    plain = evaluate(model, images, mos, **options)
+    fast = evaluate(model, images, mos, channels_last=True, **options)
+    assert [r["attack"] for r in fast.rows] == [r["attack"] for r in plain.rows]
+    for a, b in zip(plain.rows, fast.rows):
+        assert a["mean_score"] == pytest.approx(b["mean_score"], abs=1e-5) and a["abs_gain"] == pytest.approx(b["abs_gain"], abs=1e-4)
+    assert_unchanged(model, before)
+    assert {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()} == storages
+
+
+def test_memory_layout_gives_the_storage_back_on_an_error(data):
+    from surgery.modes import memory_layout
+
+    model = _ViewsFeatureMaps().eval()
+    storage = model.conv.weight.data_ptr()
+    with pytest.raises(RuntimeError, match="view"):
+        evaluate(model, data[0], data[1], attacks=["pgd-1"], eps_grid=(4 / 255,), progress=False, channels_last=True)
+    assert model.conv.weight.data_ptr() == storage and model.conv.weight.is_contiguous()
+    with memory_layout(model):
+        assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.conv.weight.data_ptr() == storage
+    evaluate(model, data[0], data[1], attacks=["pgd-1"], eps_grid=(4 / 255,), progress=False)  # the default layout works
