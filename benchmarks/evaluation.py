@@ -14,7 +14,8 @@ Layout: the same evaluate (PGD-``--steps``, ``--process-images`` images, two thr
 default memory layout and with ``channels_last=True``, alternated ``--repeats`` times in one
 process; the median seconds of each, their ratio and the largest difference of AbsGain or R-Score.
 
-    python benchmarks/evaluation.py [--model default] [--images 64 512] [--process-images 32] [--parts memory processes layout]
+    python benchmarks/evaluation.py [--model default] [--size 224 224] [--images 64 512] [--process-images 32]
+        [--parts memory processes layout]
 """
 from __future__ import annotations
 

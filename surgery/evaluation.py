@@ -364,8 +364,8 @@ def evaluate(
     same table (and the cache keys include it); None draws from the global RNG.
 
     ``channels_last=True`` runs the model's convolutions in the channels-last memory layout
-    (its 4-D weights converted for the call and given back after): 1.3x faster attacks on the
-    default model on CPU (``benchmarks/evaluation.py``), scores equal to float rounding. Off
+    (its 4-D weights converted for the call and given back after): 1.18x faster on the
+    default model on CPU (``benchmarks/evaluation.py``), gains equal to float rounding. Off
     by default: a model that calls ``.view`` on its feature maps fails in that layout.
 
     Under ``torchrun`` (or with a process group initialised) every rank scores and attacks

@@ -66,20 +66,23 @@ def measuring(model: nn.Module) -> Iterator[nn.Module]:
 
 @contextlib.contextmanager
 def memory_layout(model: nn.Module, channels_last: bool = True) -> Iterator[nn.Module]:
-    """The model's 4-D weights and buffers in the channels-last memory layout inside (convolutions
-    then run channels-last whatever the input's layout: faster on CPU and CUDA); on exit every
-    tensor gets back the very storage it had, so its layout and values are as they came."""
+    """The model's 4-D weights in the channels-last memory layout inside, for measuring: a
+    convolution whose weight is channels-last runs channels-last whatever its input's layout
+    (faster on CPU and CUDA). On exit every parameter gets back the very storage it had (so
+    its layout and values are as they came: weights changed inside are not kept); buffers
+    and gradients are not touched."""
     if not channels_last:
         yield model
         return
-    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.dim() == 4]
-    stored = [t.data for t in tensors]
-    model.to(memory_format=torch.channels_last)
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    stored = [p.data for p in weights]
     try:
+        for weight in weights:
+            weight.data = weight.data.contiguous(memory_format=torch.channels_last)
         yield model
     finally:
-        for tensor, data in zip(tensors, stored):
-            tensor.data = data
+        for weight, data in zip(weights, stored):
+            weight.data = data
 
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:

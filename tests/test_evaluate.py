@@ -307,7 +307,11 @@ def test_memory_layout_gives_the_storage_back_on_an_error(data):
     with pytest.raises(RuntimeError, match="view"):
         evaluate(model, data[0], data[1], attacks=["pgd-1"], eps_grid=(4 / 255,), progress=False, channels_last=True)
     assert model.conv.weight.data_ptr() == storage and model.conv.weight.is_contiguous()
+    model.register_buffer("mask", torch.ones(2, 3, 4, 5))  # a 4-D buffer, as pruning leaves
+    model.conv.weight.grad = torch.ones_like(model.conv.weight)
+    buffer, grad = model.mask, model.conv.weight.grad
     with memory_layout(model):
         assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert model.conv.weight.data_ptr() == storage
+    assert model.conv.weight.data_ptr() == storage and model.mask is buffer and model.conv.weight.grad is grad
+    assert model.mask.is_contiguous() and grad.is_contiguous()
     evaluate(model, data[0], data[1], attacks=["pgd-1"], eps_grid=(4 / 255,), progress=False)  # the default layout works
