@@ -15,6 +15,9 @@ MSE on z-scored labels plus a PLCC term, AdamW, warm-up + cosine, keeping the be
 epoch by validation SROCC. Then the quality bar is measured on the test references.
 
     python benchmarks/train_default.py [--epochs 4] [--first-stage 4] [--cache .cache/default] [--out surgery/zoo/weights/default.pt]
+
+``--arch efficientnet_lite2 --metric dss`` builds ``create_model("default-lite2")`` the same way
+on EfficientNet-Lite2 (same labels, split and recipe; written to ``weights/default-lite2.pt``).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from scipy import stats
 from surgery import metrics
 from surgery.data import NIPS2017, PSEUDO_MOS_METRICS, SyntheticIQA
 from surgery.files import atomic_save
-from surgery.zoo.default import DEFAULT_WEIGHTS, DefaultIQA, trained_prefixes
+from surgery.zoo.default import DEFAULT_WEIGHTS, LITE2_WEIGHTS, LITE_PACKAGES, DefaultIQA, trained_prefixes
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nips2017")
 
@@ -112,10 +115,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--metric", default=None, help="skip the probe and use this pseudo-MOS")
     parser.add_argument("--cache", default=".cache/default")
-    parser.add_argument("--out", default=DEFAULT_WEIGHTS)
+    parser.add_argument("--arch", default="efficientnet_lite0", choices=sorted(LITE_PACKAGES), help="the EfficientNet-Lite backbone")
+    parser.add_argument("--out", default=None, help="default: the zoo's weights file of --arch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--first-stage", type=int, default=4, help="first trained EfficientNet stage (0-6)")
     args = parser.parse_args()
+    args.out = args.out or {"efficientnet_lite0": DEFAULT_WEIGHTS, "efficientnet_lite2": LITE2_WEIGHTS}[args.arch]
     torch.manual_seed(args.seed)
     os.makedirs(args.cache, exist_ok=True)
     started = time.time()
@@ -123,7 +128,7 @@ def main() -> None:
     nips = NIPS2017(args.data, size=(224, 224))
     references = torch.stack([nips[i] for i in range(len(nips))])
     print(f"{len(nips)} reference images from {args.data}")
-    model = DefaultIQA(imagenet=True).eval()
+    model = DefaultIQA(imagenet=True, arch=args.arch).eval()
 
     metric, probe = (args.metric, {}) if args.metric else choose_metric(model, references, args.cache, args.seed)
     print(f"pseudo-MOS: {metric}")
@@ -131,7 +136,8 @@ def main() -> None:
     train_set, val_set, test_set = dataset.split((0.7, 0.1, 0.2), seed=args.seed)
     print(f"{len(dataset)} images: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test (split by reference)")
 
-    feature_file = os.path.join(args.cache, f"trunk-features-{args.first_stage}.pt")
+    suffix = "" if args.arch == "efficientnet_lite0" else f"-{args.arch}"
+    feature_file = os.path.join(args.cache, f"trunk-features-{args.first_stage}{suffix}.pt")
     if os.path.isfile(feature_file) and torch.load(feature_file, weights_only=True)["n"] == len(dataset):
         features = torch.load(feature_file, weights_only=True)["features"]
     else:
@@ -198,6 +204,7 @@ def main() -> None:
         {
             "state_dict": {k: v.half() for k, v in model.trained_state(args.first_stage).items()},
             "first_stage": args.first_stage,
+            "arch": args.arch,
             "score_range": (lo, hi),
             "pseudo_mos": metric,
             "probe_srocc": probe,

@@ -25,7 +25,7 @@ def test_locate_lists_blocks(capsys):
 
 def test_models_are_listed_by_filter(capsys):
     assert main(["models", "default*"]) == 0
-    assert capsys.readouterr().out.split() == ["default", "default-robust"]
+    assert capsys.readouterr().out.split() == ["default", "default-lite2", "default-robust"]
     assert main(["models", "--pretrained"]) == 0
     assert "linearity" not in capsys.readouterr().out.split()
 
@@ -165,7 +165,7 @@ def _photos(tmp_path, count=4, size=(20, 24)):
     return folder, tmp_path / "scores.csv"
 
 
-@pytest.mark.parametrize("name", ["default", "default-robust"])
+@pytest.mark.parametrize("name", ["default", "default-robust", "default-lite2"])
 def test_zoo_models_with_shipped_weights_load_them(name, monkeypatch):
     """`surgery harden/eval default` used to build the model with random weights."""
     from surgery.cli import _zoo_model

