@@ -14,7 +14,12 @@ trunk before them is neither trained nor pruned, for every variant alike. Varian
 - ``cayley+l2`` / ``cayley+pls``: RobustBlock + 10% pruning + fine-tune (the method);
 - ``nt`` / ``at``: fine-tune with gradient-norm regularisation / adversarial training;
 - ``silu``: ReLU6 -> SiLU in the fine-tuned layers (partial replacement) + fine-tune;
-- ``trades`` / ``trades-B``: consistency training (the robust recipe; B its weight);
+- ``robust`` / ``robust-strong``: ``surgery.robustify(default, train, val, recipe=name, seed=s)``
+  exactly as it ships (the recipe's own loss, epochs, lr and trained parts, whatever this
+  script's fine-tune options; its fixed blend, not a calibrated one: ``recipe_proof.py`` measures
+  ``target=0.99``); the two share one fine-tune;
+- ``trades`` / ``trades-B``: consistency training (the robust recipe's defence; B its weight),
+  with this script's fine-tune, to vary what the recipe fixes;
 - ``distill``: fit the original model's scores of the training images, not their pseudo-MOS;
 - ``blend-K``: after the fine-tune, keep ``K`` of its weight change (``surgery.blend``, WiSE-FT);
   the fine-tune is the variant's without this part, shared with it in the cache;
@@ -71,6 +76,7 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "
 STAGES = 7  # EfficientNet-Lite0 stages: backbone.blocks.0 .. 6
 BUDGET = 8 / 255  # the masking checks' budget
 ROBUST = RECIPES["robust"].defense(1.0)  # the robust recipe's consistency training: its defaults
+ROBUST_RECIPES = ("robust", "robust-strong")  # variants that are surgery.robustify's recipes, called as shipped
 VARIANT_PARTS = ("control", "cayley", "aol", "aoc", "l2", "pls", "nt", "at", "trades", "silu", "distill")
 
 
@@ -261,6 +267,16 @@ def fine_tune(model, options, data, first_stage, seed, folder, args) -> float:
     return float(np.mean([h["seconds"] for h in result.history]))
 
 
+def robust_recipe(variant: str, base, data, seed: int, args) -> tuple[torch.nn.Module, float]:
+    """The robust recipe ``variant`` as a user calls it (its fine-tune shared by ``robust`` and
+    ``robust-strong``): the model and seconds per fine-tune epoch."""
+    images = f"{len(data['tune'][1])}+{len(data['val'][1])}"  # the data's size names the run, as tune_tag does
+    folder = os.path.join(args.cache, "tune", f"recipe-robust-{images}-s{seed}")
+    model, result = surgery.robustify(base, data["tune"], data["val"], recipe=variant, seed=seed, checkpoint_dir=folder,
+                                      progress=False)
+    return model.eval(), float(np.mean([h["seconds"] for h in result.history]))
+
+
 def inference_ms(model, images: torch.Tensor, repeats: int = 3) -> float:
     batch = images[:8]
     with torch.no_grad():
@@ -271,11 +287,13 @@ def inference_ms(model, images: torch.Tensor, repeats: int = 3) -> float:
     return (time.perf_counter() - started) / repeats / batch.shape[0] * 1000
 
 
-def attack_table(name, model, data, score_range, cache, attacks=("pgd-1", "pgd-8", "uap", "stadv"), strong=()) -> surgery.Table:
+def attack_table(name, model, data, score_range, cache, attacks=("pgd-1", "pgd-8", "uap", "stadv"), strong=(),
+                 **evaluate_options) -> surgery.Table:
     """SROCC / PLCC / KROCC on the evaluation images, ``attacks`` on the attacked ones, and
-    each ``strong`` attack raising and lowering the score (cached). A lowering attack's
-    AbsGain is negative; its summary keeps the size (``"<attack> down abs_gain_auc"``)."""
-    options = {"score_range": score_range, "name": name, "progress": False, "cache": cache}
+    each ``strong`` attack raising and lowering the score (cached; ``evaluate_options`` go to
+    ``surgery.evaluate``). A lowering attack's AbsGain is negative; its summary keeps the size
+    (``"<attack> down abs_gain_auc"``)."""
+    options = {"score_range": score_range, "name": name, "progress": False, "cache": cache, **evaluate_options}
     table = surgery.evaluate(model, *data["eval"], attacks=[*attacks, *strong], attack_subset=data["attack_subset"], **options)
     rows, summary = list(table.rows), dict(table.summaries[0])
     if strong:  # on the attacked images alone: the correlations are in the summary already
@@ -394,12 +412,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_arguments(parser, eval_references=50, attack_images=100)
     parser.add_argument("--variants", nargs="+", default=[
-        "control", "cayley", "aol", "aoc", "cayley+l2", "cayley+pls", "nt", "at", "silu", "trades", "cayley+trades",
+        "control", "cayley", "aol", "aoc", "cayley+l2", "cayley+pls", "nt", "at", "silu", "trades", "cayley+trades", "robust",
     ])
-    parser.add_argument("--headline", nargs="+", default=["cayley+l2", "trades"], help="the variants the goals are checked on")
+    parser.add_argument("--headline", nargs="+", default=["cayley+l2", "robust"], help="the variants the goals are checked on")
     add_recipe_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--seeded", nargs="+", default=["control", "cayley+l2", "trades"], help="variants repeated over --seeds")
+    parser.add_argument("--seeded", nargs="+", default=["control", "cayley+l2", "robust"], help="variants repeated over --seeds")
     parser.add_argument("--position", default="auto", help="where the block goes (harden's position)")
     parser.add_argument("--hidden-channels", type=int, default=None, help="block width (default half its input)")
     parser.add_argument("--pooled-size", default="min", type=lambda v: v if v in ("min", "keep") else int(v))
@@ -448,13 +466,16 @@ def comparison(base, data, score_range, args, started) -> list[str]:
     for variant in args.variants:
         for seed in args.seeds if variant in args.seeded else args.seeds[:1]:
             name = variant if seed == args.seeds[0] else f"{variant} s{seed}"
-            trained, keep = split_blend(variant)
-            torch.manual_seed(seed)
-            model, options = build(trained, base, data, args)
-            folder = tune_folder(trained, args, None if seed == args.seeds[0] else seed)
-            epoch_s = fine_tune(model, options, data, args.train_from, seed, folder, args)
-            if keep is not None:
-                surgery.blend(model, base, keep)
+            if variant in ROBUST_RECIPES:
+                model, epoch_s = robust_recipe(variant, base, data, seed, args)
+            else:
+                trained, keep = split_blend(variant)
+                torch.manual_seed(seed)
+                model, options = build(trained, base, data, args)
+                folder = tune_folder(trained, args, None if seed == args.seeds[0] else seed)
+                epoch_s = fine_tune(model, options, data, args.train_from, seed, folder, args)
+                if keep is not None:
+                    surgery.blend(model, base, keep)
             result = attack_table(name, model, data, score_range, eval_cache, strong=args.strong)
             table = table + result
             summaries.append({**result.summaries[0], "variant": variant, "seed": seed, "epoch s": epoch_s,

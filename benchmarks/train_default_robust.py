@@ -6,9 +6,8 @@ The data are ``benchmarks/paper_tables.py``'s (the default model's pseudo-MOS sp
 NIPS 2017: 1,264 training images, 252 validation images); the call uses the robust
 recipe's whole configuration as it ships (``surgery.recipes.RECIPES["robust"]``: consistency
 training, MSE, 2 epochs, lr 1e-4, batch 8, the last 4 conv blocks and the head trained,
-40% of the change kept). Its fine-tune checkpoint is the comparison's
-``trades-<beta>`` fine-tune at seed 0 and learning rate 1e-4 (the same call with the same
-settings, so whichever runs second reuses it). Only the trained parts are written (stages
+40% of the change kept): the comparison's ``robust`` variant at seed 0, whose fine-tune
+checkpoint it shares (whichever runs second reuses it). Only the trained parts are written (stages
 4-6, the head convolution and the MLP head), in float32, with the recipe's record and a
 sha256 of the weights (tests check both: the record against the recipe, the weights
 against the checksum). The card is measured on the model loaded back from that file, on
@@ -30,7 +29,7 @@ from surgery.fingerprint import state_fingerprint
 from surgery.recipes import RECIPES
 from surgery.zoo.default import DEFAULT_ROBUST_WEIGHTS, DEFAULT_WEIGHTS
 
-from paper_tables import add_data_arguments, attack_table, load_data, parse_with_data, tune_folder
+from paper_tables import add_data_arguments, attack_table, load_data, parse_with_data, robust_recipe
 
 COLUMNS = ("srocc", "plcc", "pgd-1 abs_gain_auc", "pgd-8 abs_gain_auc")
 
@@ -41,17 +40,12 @@ def main() -> None:
     parser.add_argument("--strong", nargs="*", default=["apgd-20"], help="strong attacks, run raising and lowering the score")
     parser.add_argument("--cache", default=".cache/paper", help="shared with paper_tables.py")
     parser.add_argument("--out", default=DEFAULT_ROBUST_WEIGHTS)
-    robust = RECIPES["robust"].defense(1.0)
-    # the recipe's settings name the comparison's fine-tune folder this call shares
-    parser.set_defaults(lr=RECIPES["robust"].lr, trades_beta=robust.beta, trades_eps=robust.eps * 255, trades_steps=robust.steps)
     args = parse_with_data(parser)
     started = time.time()
     data = load_data(args)
     base = surgery.create_model("default", pretrained=True).eval()
     first_stage = torch.load(DEFAULT_WEIGHTS, weights_only=True)["first_stage"]
-    beta = robust.beta
-    folder = tune_folder(f"trades-{beta:g}", args)
-    model, _ = surgery.robustify(base, data["tune"], data["val"], seed=0, checkpoint_dir=folder, progress=False)
+    model, _ = robust_recipe("robust", base, data, 0, args)
     state = {k: v.float() for k, v in model.trained_state(first_stage).items()}  # float32: exactly the measured model
     atomic_save(
         {
@@ -66,8 +60,7 @@ def main() -> None:
     eval_cache = os.path.join(args.cache, "eval")
     rows = []
     # under the comparison's names, whose cached attacks on the same weights are reused
-    variant = f"blend-{RECIPES['robust'].blend:g}+trades-{beta:g}"
-    for name, candidate, compared_as in (("default", base, "original"), ("default-robust", shipped, variant)):
+    for name, candidate, compared_as in (("default", base, "original"), ("default-robust", shipped, "robust")):
         summary = attack_table(compared_as, candidate, data, base.score_range, eval_cache, strong=args.strong).summaries[0]
         strong = [f"{a}{d} abs_gain_auc" for a in args.strong for d in ("", " down")]
         rows.append({"model": name, **{k: summary[k] for k in (*COLUMNS, *strong)}})

@@ -6,6 +6,8 @@ import sys
 import pytest
 import torch
 
+import surgery
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NIPS = os.path.join(ROOT, "..", "shared", "data", "nips2017")
 pytestmark = pytest.mark.slow
@@ -22,7 +24,7 @@ def test_paper_tables_writes_every_report(tmp_path, labels):
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "paper_tables.py"), "--references", "20",
         "--eval-references", "1", "--attack-images", "2", "--tune-steps", "1", "--epochs", "1", "--val-images", "4",
-        "--variants", "control", "cayley+pls", "nt", "nt+epochs-2", "at", "silu", "trades-2", "blend-0.5+trades-2", "distill",
+        "--variants", "control", "cayley+pls", "nt", "nt+epochs-2", "at", "silu", "trades-2", "blend-0.5+trades-2", "distill", "robust",
         "--seeded", "control", "--seeds", "0", "1",
         "--headline", "trades-2", "--strong", "apgd-2", "--trades-steps", "1", "--parts", "table", "positions",
         "--masking-steps", "2", "--masking-queries", "4",
@@ -33,7 +35,7 @@ def test_paper_tables_writes_every_report(tmp_path, labels):
     out = tmp_path / "out"
     comparison = (out / "comparison.md").read_text()
     rows = ("| original |", "| control | 2 |", "| cayley+pls | 1 |", "| nt |", "| nt+epochs-2 | 1 |", "| at |", "| silu |",
-            "| trades-2 | 1 |", "| blend-0.5+trades-2 | 1 |", "| distill | 1 |")
+            "| trades-2 | 1 |", "| blend-0.5+trades-2 | 1 |", "| distill | 1 |", "| robust | 1 |")
     for row in rows:
         assert row in comparison
     assert "apgd-2 down abs_gain_auc" in comparison and "trades-2 apgd-2 down AbsGainAUC" in comparison
@@ -44,6 +46,31 @@ def test_paper_tables_writes_every_report(tmp_path, labels):
     assert (out / "tradeoff-apgd-2.png").stat().st_size > 0
     assert "spearman(lemma ratio, pgd-1 auc)" in (out / "positions.md").read_text()
     assert (out / "tradeoff.png").stat().st_size > 0 and (out / "results.csv").stat().st_size > 0
+    # the recipe row is robustify's own fine-tune: its checkpoint records the recipe's lr, not --lr's 3e-4
+    robust = torch.load(tmp_path / "cache" / "tune" / "recipe-robust-8+4-s0" / "last.pt", weights_only=True)
+    assert robust["run"]["settings"]["lr"] == surgery.RECIPES["robust"].lr
+
+
+@pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
+def test_recipe_proof_measures_robustify_against_the_original_and_a_control(tmp_path, labels):
+    command = [
+        sys.executable, os.path.join(ROOT, "benchmarks", "recipe_proof.py"), "--references", "20", "--eval-references", "1",
+        "--attack-images", "2", "--tune-steps", "1", "--epochs", "1", "--val-images", "4", "--seeds", "0", "1",
+        "--attacks", "pgd-1", "--strong", "apgd-2", "--masking-steps", "2", "--queries", "4",
+        "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "out" / "default.md").read_text()
+    for row in ("| default original | 1 |", "| default robust s0 | 1 |", "| default control s1 | 1 |",
+                "| default robust | 2 |", "| default control | 2 |"):
+        assert row in report
+    assert "apgd-2 down x" in report and "robust vs control" in report and "### default robust s1" in report
+    assert "square-4 (black-box)" in report  # the masking checks ran on every row
+    # a rerun resumes from the cache: no fine-tune epoch runs again, and the report is the same
+    again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert again.returncode == 0 and "epoch 1/" not in again.stderr
+    assert (tmp_path / "out" / "default.md").read_text() == report
 
 
 @pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
@@ -61,3 +88,21 @@ def test_paper_replay_measures_every_model_with_every_attack(tmp_path, labels):
         assert row in report
     for column in ("paper-pgd-1 abs_gain_auc", "pgd-8 x original", "apgd-3 abs_gain_auc"):
         assert column in report
+
+
+@pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
+def test_train_scratch_writes_weights_the_zoo_loads(tmp_path, labels):
+    from surgery.zoo.scratch import load_scratch_weights
+
+    out = tmp_path / "r.pt"
+    command = [
+        sys.executable, os.path.join(ROOT, "benchmarks", "train_scratch.py"), "--references", "20", "--epochs", "1",
+        "--crop", "64", "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(out),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = torch.load(out, weights_only=True)
+    assert set(record["test"]) == {"srocc", "plcc"} and record["crop"] == 64
+    assert record["state_dict"]["backbone.bn1.num_batches_tracked"].dtype == torch.int64
+    model = load_scratch_weights(surgery.create_model("resnet18-scratch"), out)
+    assert model.score_range == tuple(record["score_range"])
