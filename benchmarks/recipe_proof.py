@@ -69,7 +69,7 @@ def attack_summary(name: str, model, data: dict, score_range, args, original) ->
     """The row's summary (SROCC, PLCC, every attack's AbsGain AUC) and its masking checks (cached)."""
     cache = os.path.join(args.cache, name.split()[0])
     summary = attack_table(name, model, data, score_range, os.path.join(cache, "eval"), args.attacks, args.strong,
-                           channels_last=True).summaries[0]
+                           channels_last=True, progress=True).summaries[0]  # hours of attacks: show them
     images = hashlib.sha1(image_fingerprints(data["attack"][0]).numpy().tobytes()).hexdigest()[:10]
     settings = f"{args.masking_steps}-{args.queries}-{images}"
     path = os.path.join(cache, "masking", f"{name.replace(' ', '-')}-{settings}-{model_digest(model)}.json")
