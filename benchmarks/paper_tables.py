@@ -267,11 +267,16 @@ def fine_tune(model, options, data, first_stage, seed, folder, args) -> float:
     return float(np.mean([h["seconds"] for h in result.history]))
 
 
+def data_tag(data: dict) -> str:
+    """``"<train>+<val>"`` images: what names a robustify run's checkpoint folder besides its seed
+    (the recipe fixes the rest, as tune_tag names a variant's schedule)."""
+    return f"{len(data['tune'][1])}+{len(data['val'][1])}"
+
+
 def robust_recipe(variant: str, base, data, seed: int, args) -> tuple[torch.nn.Module, float]:
     """The robust recipe ``variant`` as a user calls it (its fine-tune shared by ``robust`` and
     ``robust-strong``): the model and seconds per fine-tune epoch."""
-    images = f"{len(data['tune'][1])}+{len(data['val'][1])}"  # the data's size names the run, as tune_tag does
-    folder = os.path.join(args.cache, "tune", f"recipe-robust-{images}-s{seed}")
+    folder = os.path.join(args.cache, "tune", f"recipe-robust-{data_tag(data)}-s{seed}")
     model, result = surgery.robustify(base, data["tune"], data["val"], recipe=variant, seed=seed, checkpoint_dir=folder,
                                       progress=False)
     return model.eval(), float(np.mean([h["seconds"] for h in result.history]))

@@ -49,7 +49,7 @@ from surgery.evaluation import model_digest
 from surgery.files import atomic_write_text
 from surgery.fingerprint import image_fingerprints
 
-from paper_tables import add_data_arguments, attack_table, load_data, parse_with_data
+from paper_tables import add_data_arguments, attack_table, data_tag, load_data, parse_with_data
 
 ATTACKS = ("pgd-1", "pgd-8", "pgd-50-rs")  # raising the score
 STRONG = ("apgd-50",)  # raising and lowering it
@@ -65,9 +65,8 @@ def train_row(row: str, base, data: dict, seed: int, folder: str):
                              checkpoint_dir=folder)
 
 
-def attack_summary(name: str, model, data: dict, score_range, args, original) -> tuple[dict, list[dict]]:
-    """The row's summary (SROCC, PLCC, every attack's AbsGain AUC) and its masking checks (cached)."""
-    cache = os.path.join(args.cache, name.split()[0])
+def attack_summary(name: str, model, data: dict, score_range, cache: str, args, original) -> tuple[dict, list[dict]]:
+    """The row's summary (SROCC, PLCC, every attack's AbsGain AUC) and its masking checks, cached under ``cache``."""
     summary = attack_table(name, model, data, score_range, os.path.join(cache, "eval"), args.attacks, args.strong,
                            channels_last=True, progress=True).summaries[0]  # hours of attacks: show them
     images = hashlib.sha1(image_fingerprints(data["attack"][0]).numpy().tobytes()).hexdigest()[:10]
@@ -165,7 +164,8 @@ def prove(model_name: str, data: dict, header: list[str], args) -> None:
 
     base = surgery.create_model(model_name, pretrained=True).eval()
     score_range = tuple(base.score_range)
-    original, masking = attack_summary(f"{model_name} original", base, data, score_range, args, None)
+    cache = os.path.join(args.cache, model_name)
+    original, masking = attack_summary(f"{model_name} original", base, data, score_range, cache, args, None)
     summaries.append(mean_row(f"{model_name} original", [original], original, args))
     checks += masking
     write()
@@ -173,13 +173,12 @@ def prove(model_name: str, data: dict, header: list[str], args) -> None:
     for seed in args.seeds:
         for row in args.rows:
             name = f"{model_name} {row} s{seed}"
-            images = f"{len(data['tune'][1])}+{len(data['val'][1])}"  # the data's size names the run
-            folder = os.path.join(args.cache, model_name, "tune", f"{row}-{images}-s{seed}")
+            folder = os.path.join(cache, "tune", f"{row}-{data_tag(data)}-s{seed}")
             model, result = train_row(row, base, data, seed, folder)
             model.eval()
             if result.calibration is not None:
                 calibrations += [f"### {name}", "", str(result.calibration), ""]
-            summary, masking = attack_summary(name, model, data, score_range, args, base)
+            summary, masking = attack_summary(name, model, data, score_range, cache, args, base)
             per_seed[row].append(summary)
             summaries.append(mean_row(name, [summary], original, args))
             checks += masking

@@ -107,10 +107,10 @@ def calibrate_blend(
     attack = PGD(eps=eps, steps=steps, random_start=True, seed=seed)
     name = f"pgd-{steps}-rs at {eps * 255:g}/255"
     srocc_0, gain_0, score_range, mos = _measure(original, stream, mos, attacked, attack, None)
-    work, state = copy.deepcopy(tuned), copy.deepcopy(tuned.state_dict())
+    work = copy.deepcopy(tuned)  # each keep blends a fresh copy of the tuned weights, which stay as they are
     grid = []
     for keep in keeps:
-        work.load_state_dict(state)
+        work.load_state_dict(tuned.state_dict())
         srocc, gain, _, _ = _measure(blend(work, original, keep), stream, mos, attacked, attack, score_range)
         grid.append({"keep": keep, "val_srocc": srocc, "srocc_kept": srocc / srocc_0, "val_gain": gain})
     passing = [r for r in grid if r["val_srocc"] >= target * srocc_0]
