@@ -5,12 +5,13 @@ Two configurations: every parameter trained, and the robust recipe's (stages 4-6
 head of the default model; the frozen trunk needs no backward in a plain step, but the
 inner attack differentiates through it). Variants are ``plain`` and ``K-steps[@F]``:
 consistency training with a K-step inner attack on the fraction F of each batch
-(``ConsistencyTraining(steps=K, fraction=F)``). Each epoch is timed after a warm-up epoch;
+(``ConsistencyTraining(steps=K, fraction=F)``); a ``+cl`` suffix trains in the channels-last
+layout (``finetune(channels_last=True)``). Each epoch is timed after a warm-up epoch;
 the table gives seconds and the ratio to plain. Goals (issue: robust training at the cost
 of a plain fine-tune): <= 2.5x with every parameter trained, <= 3.5x in the recipe's
 configuration.
 
-    python benchmarks/robust_training.py [--images 32] [--batch 8] [--size 224 224] [--variants plain 3 2@0.5 1@0.5]
+    python benchmarks/robust_training.py [--images 32] [--batch 8] [--size 224 224] [--variants plain 3 2@0.5 1@0.5 plain+cl 3+cl]
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ RECIPE_FIRST_STAGE = 4  # the robust recipe trains stages 4-6 and the head of th
 
 
 def defense(variant: str, spread: float) -> ConsistencyTraining | None:
+    variant = variant.removesuffix("+cl")
     if variant == "plain":
         return None
     steps, _, fraction = variant.partition("@")
@@ -38,7 +40,7 @@ def epoch_seconds(base, images, targets, variant: str, config: str, batch: int) 
     params = [p for n, p in model.named_parameters() if config == "all" or n.startswith(trained_prefixes(RECIPE_FIRST_STAGE))]
     result = surgery.finetune(
         model, (images, targets), epochs=2, loss="mse", batch_size=batch, parameters=params,
-        defense=defense(variant, float(targets.std())), progress=False,
+        defense=defense(variant, float(targets.std())), channels_last=variant.endswith("+cl"), progress=False,
     )
     return result.history[-1]["seconds"]  # the second epoch: after warm-up
 
@@ -64,7 +66,9 @@ def main() -> None:
             plain = seconds if variant == "plain" else plain
             ratio = f"{seconds / plain:.2f}" if plain else "-"
             label = "every parameter" if config == "all" else "stages 4-6 + head"
-            name = variant if variant == "plain" else f"{variant.partition('@')[0]} steps on {float(variant.partition('@')[2] or 1):.0%}"
+            attack = variant.removesuffix("+cl")
+            name = attack if attack == "plain" else f"{attack.partition('@')[0]} steps on {float(attack.partition('@')[2] or 1):.0%}"
+            name += ", channels-last" if variant.endswith("+cl") else ""
             print(f"| {label} | {name} | {seconds:.1f} | {ratio} |", flush=True)
 
 

@@ -65,12 +65,13 @@ def measuring(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def memory_layout(model: nn.Module, channels_last: bool = True) -> Iterator[nn.Module]:
-    """The model's 4-D weights in the channels-last memory layout inside, for measuring: a
-    convolution whose weight is channels-last runs channels-last whatever its input's layout
-    (faster on CPU and CUDA). On exit every parameter gets back the very storage it had (so
-    its layout and values are as they came: weights changed inside are not kept); buffers
-    and gradients are not touched."""
+def memory_layout(model: nn.Module, channels_last: bool = True, keep_values: bool = False) -> Iterator[nn.Module]:
+    """The model's 4-D weights in the channels-last memory layout inside: a convolution whose
+    weight is channels-last runs channels-last whatever its input's layout (faster on CPU and
+    CUDA). On exit every parameter gets back the very storage it had, so its layout is as it
+    came; with ``keep_values`` (training) that storage first takes the values the weight has
+    at exit, otherwise (measuring) the values it had on entry. Buffers and gradients are not
+    touched."""
     if not channels_last:
         yield model
         return
@@ -81,8 +82,11 @@ def memory_layout(model: nn.Module, channels_last: bool = True) -> Iterator[nn.M
             weight.data = weight.data.contiguous(memory_format=torch.channels_last)
         yield model
     finally:
-        for weight, data in zip(weights, stored):
-            weight.data = data
+        with torch.no_grad():
+            for weight, data in zip(weights, stored):
+                if keep_values:
+                    data.copy_(weight.data)
+                weight.data = data
 
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:

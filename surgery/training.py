@@ -32,7 +32,7 @@ from .defenses.base import Defense, TrainingScore
 from .files import atomic_save
 from . import modelfile
 from .losses import get_loss
-from .modes import frozen, preserved_modes, state_copy
+from .modes import frozen, memory_layout, preserved_modes, state_copy
 
 __all__ = ["finetune", "FinetuneResult"]
 
@@ -294,21 +294,18 @@ class _Checkpoints:
 
 
 def _gives_model_back_on_error(run: Callable[..., FinetuneResult]) -> Callable[..., FinetuneResult]:
-    """Every module's own mode restored on exit; on an error or an interrupt, the weights,
-    buffers and memory format the model came with are restored too before it propagates
-    (a checkpointed run resumes from ``last.pt``)."""
+    """Every module's own mode restored on exit; on an error or an interrupt, the weights and
+    buffers the model came with are restored too before it propagates (a checkpointed run
+    resumes from ``last.pt``)."""
 
     @functools.wraps(run)
     def wrapper(model: nn.Module, *args, **kwargs) -> FinetuneResult:
         initial = state_copy(model)
-        was_contiguous = all(p.is_contiguous() for p in model.parameters())
         with preserved_modes(model):
             try:
                 return run(model, *args, **kwargs)
             except BaseException:
                 model.load_state_dict(initial)
-                if was_contiguous:
-                    model.to(memory_format=torch.contiguous_format)
                 raise
 
     return wrapper
@@ -350,7 +347,9 @@ def finetune(
         checkpoint_dir: where ``last.pt`` (resumable state) and ``best.pt`` (best
             weights by validation SROCC, loadable with ``surgery.load``) go; an
             existing ``last.pt`` is resumed when ``resume``.
-        amp / channels_last: default on for CUDA, off on CPU.
+        amp / channels_last: default on for CUDA, off on CPU. ``channels_last`` trains the 4-D
+            weights in the channels-last layout; each ends with its trained values in the
+            storage and layout it came with.
         parameters: train only these (default: every parameter that requires grad).
             BatchNorm layers with no trained parameter keep their running statistics.
 
@@ -365,14 +364,12 @@ def finetune(
     use_amp = device.type == "cuda" if amp is None else amp
     use_channels_last = device.type == "cuda" if channels_last is None else channels_last
     model.to(device)
-    if use_channels_last:
-        model.to(memory_format=torch.channels_last)
     params = list(parameters) if parameters is not None else [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
     trained_names = parameter_names(model, params)
     # the other weights get no gradient, so backward stops at the first trained layer
-    with frozen(model, trained=params):
+    with frozen(model, trained=params), memory_layout(model, use_channels_last, keep_values=True):
         network = scoring_network(model)
         sharded = distributed.initialised()
         is_main = distributed.rank() == 0
@@ -429,6 +426,4 @@ def finetune(
             best_state = modelfile.read(result.best_path, device)["state_dict"]
         if best_state is not None:
             model.load_state_dict(best_state)
-        if use_channels_last:
-            model.to(memory_format=torch.contiguous_format)
         return result

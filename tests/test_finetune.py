@@ -121,6 +121,24 @@ def test_a_failed_run_gives_the_model_back():
     assert_unchanged(model, before)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_channels_last_training_keeps_the_trained_weights_in_the_layout_they_came_in(layout):
+    train, val = toy_split()
+    runs = {}
+    for fast in (False, True):
+        torch.manual_seed(5)
+        model = TinyIQA()
+        model.conv.weight.data = model.conv.weight.data.contiguous(memory_format=layout)
+        initial, storage = model.conv.weight.detach().clone(), model.conv.weight.data_ptr()
+        finetune(model, train, val, epochs=2, lr=1e-2, loss="mse", channels_last=fast, progress=False)
+        weight = model.conv.weight
+        assert weight.data_ptr() == storage and weight.is_contiguous(memory_format=layout)  # the storage it came with
+        assert not torch.allclose(weight, initial)  # holding the trained values
+        runs[fast] = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, value in runs[False].items():
+        torch.testing.assert_close(runs[True][name], value, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "train,val,match",
     [
