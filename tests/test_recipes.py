@@ -238,7 +238,8 @@ def test_robustify_runs_the_recipe_record(monkeypatch):
     recipe = RECIPES["robust"]
     assert copy_ is robust and {k: options[k] for k in ("loss", "epochs", "lr", "batch_size")} == recipe.finetune_options()
     assert (recipe.loss, recipe.epochs, recipe.lr, recipe.batch_size, recipe.train_blocks) == ("mse", 2, 1e-4, 8, 4)
-    assert options["defense"].beta == 0.02 and options["defense"].steps == 3
+    defense = options["defense"]
+    assert (defense.eps, defense.steps, defense.fraction, defense.beta) == (4 / 255, 2, 0.5, 0.04)
     names = {id(p): n for n, p in robust.named_parameters()}
     assert [names[id(p)] for p in options["parameters"]] == [n for n, _ in robust.named_parameters() if n.startswith(trained_prefixes(4))]
     surgery.robustify(model, (images, targets), epochs=1, lr=1e-3, parameters=list(model.head.parameters()))
