@@ -18,8 +18,10 @@ trunk before them is neither trained nor pruned, for every variant alike. Varian
   exactly as it ships (the recipe's own loss, epochs, lr and trained parts, whatever this
   script's fine-tune options; its fixed blend, not a calibrated one: ``recipe_proof.py`` measures
   ``target=0.99``); the two share one fine-tune;
-- ``trades`` / ``trades-B``: consistency training (the robust recipe's defence; B its weight),
-  with this script's fine-tune, to vary what the recipe fixes;
+- ``trades`` / ``trades-B``: consistency training with this script's fine-tune (B its weight;
+  ``--trades-*``: the comparison's 3 steps on every image at beta 0.02, which the robust recipes
+  used before their 2 steps on half of each batch at beta 0.04: ``trades-0.04+share-0.5+steps-2``),
+  to vary what the recipe fixes;
 - ``distill``: fit the original model's scores of the training images, not their pseudo-MOS;
 - ``blend-K``: after the fine-tune, keep ``K`` of its weight change (``surgery.blend``, WiSE-FT);
   the fine-tune is the variant's without this part, shared with it in the cache;

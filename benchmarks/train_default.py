@@ -34,7 +34,7 @@ from scipy import stats
 from surgery import metrics
 from surgery.data import NIPS2017, PSEUDO_MOS_METRICS, SyntheticIQA
 from surgery.files import atomic_save
-from surgery.zoo.default import DEFAULT_WEIGHTS, LITE2_WEIGHTS, LITE_PACKAGES, DefaultIQA, trained_prefixes
+from surgery.zoo.default import LITE_PACKAGES, TRAINED_WEIGHTS, DefaultIQA, trained_prefixes
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nips2017")
 
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--first-stage", type=int, default=4, help="first trained EfficientNet stage (0-6)")
     args = parser.parse_args()
-    args.out = args.out or {"efficientnet_lite0": DEFAULT_WEIGHTS, "efficientnet_lite2": LITE2_WEIGHTS}[args.arch]
+    args.out = args.out or TRAINED_WEIGHTS[args.arch]
     torch.manual_seed(args.seed)
     os.makedirs(args.cache, exist_ok=True)
     started = time.time()

