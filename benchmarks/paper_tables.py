@@ -70,6 +70,7 @@ from surgery.blocks import PooledSize
 from surgery.data import NIPS2017, SyntheticIQA
 from surgery.defenses import AdversarialTraining, ConsistencyTraining, NormRegularization, replace_activations
 from surgery.files import atomic_write_text
+from surgery.recipes import RECIPES
 from surgery.report import plot_curves, plot_tradeoff
 from surgery.zoo.default import DEFAULT_WEIGHTS, trained_prefixes
 
@@ -272,14 +273,14 @@ def fine_tune(model, options, data, first_stage, seed, folder, args) -> float:
 
 def data_tag(data: dict) -> str:
     """``"<train>+<val>"`` images: what names a robustify run's checkpoint folder besides its seed
-    (the recipe fixes the rest, as tune_tag names a variant's schedule)."""
+    and its recipe's training digest (as tune_tag names a variant's schedule)."""
     return f"{len(data['tune'][1])}+{len(data['val'][1])}"
 
 
 def robust_recipe(variant: str, base, data, seed: int, args) -> tuple[torch.nn.Module, float]:
     """The robust recipe ``variant`` as a user calls it (its fine-tune shared by ``robust`` and
     ``robust-strong``): the model and seconds per fine-tune epoch."""
-    folder = os.path.join(args.cache, "tune", f"recipe-robust-{data_tag(data)}-s{seed}")
+    folder = os.path.join(args.cache, "tune", f"recipe-robust-{RECIPES[variant].training_digest()}-{data_tag(data)}-s{seed}")
     model, result = surgery.robustify(base, data["tune"], data["val"], recipe=variant, seed=seed, checkpoint_dir=folder,
                                       progress=False)
     return model.eval(), float(np.mean([h["seconds"] for h in result.history]))

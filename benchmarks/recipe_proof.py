@@ -28,7 +28,8 @@ every attack, beating the control on both.
 The data options (``--tune-steps``, ``--epochs``, ``--batch``, ``--val-images``: paper_tables.py's)
 only choose the images: ``robustify`` trains with its recipe's own epochs, lr and batch.
 Everything is cached under ``--cache`` (fine-tune checkpoints, attacked scores, masking
-tables): a run that stops continues where it was; rows are written to ``<out>/<model>.md`` as
+tables; a fine-tune's folder is named by its recipe's
+:meth:`~surgery.recipes.Recipe.training_digest`): a run that stops continues where it was; rows are written to ``<out>/<model>.md`` as
 they finish.
 
     python benchmarks/recipe_proof.py [--models default] [--seeds 0 1 2] [--attack-images 64]
@@ -37,6 +38,7 @@ they finish.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -48,6 +50,7 @@ import surgery
 from surgery.evaluation import model_digest
 from surgery.files import atomic_write_text
 from surgery.fingerprint import image_fingerprints
+from surgery.recipes import RECIPES, Recipe
 
 from paper_tables import add_data_arguments, attack_table, data_tag, load_data, parse_with_data
 
@@ -55,6 +58,11 @@ ATTACKS = ("pgd-1", "pgd-8", "pgd-50-rs")  # raising the score
 STRONG = ("apgd-50",)  # raising and lowering it
 ROWS = ("robust", "control")
 GOAL_KEPT, GOAL_RATIO = 0.99, 0.50
+
+
+def row_recipe(row: str) -> Recipe:
+    """The recipe a trained row runs: ``"robust"``, or ``"robust-strong"`` without its defence."""
+    return RECIPES["robust"] if row == "robust" else dataclasses.replace(RECIPES["robust-strong"], defense=None)
 
 
 def train_row(row: str, base, data: dict, seed: int, folder: str):
@@ -173,7 +181,8 @@ def prove(model_name: str, data: dict, header: list[str], args) -> None:
     for seed in args.seeds:
         for row in args.rows:
             name = f"{model_name} {row} s{seed}"
-            folder = os.path.join(cache, "tune", f"{row}-{data_tag(data)}-s{seed}")
+            # named by what trains, so a changed recipe starts afresh instead of meeting a refused checkpoint
+            folder = os.path.join(cache, "tune", f"{row}-{row_recipe(row).training_digest()}-{data_tag(data)}-s{seed}")
             model, result = train_row(row, base, data, seed, folder)
             model.eval()
             if result.calibration is not None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import json
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -73,6 +75,13 @@ class Recipe:
         defense = self.defense(1.0)
         settings = {k: v for k, v in vars(defense).items() if k != "scale"}
         return {**fields, "defense": {"class": type(defense).__name__, **settings}}
+
+    def training_digest(self) -> str:
+        """Eight hex digits of what the fine-tune is (the record without the name, description and
+        blend): a checkpoint folder named by it is never offered to a recipe that trains otherwise,
+        and ``"robust"`` / ``"robust-strong"``, which differ only in the blend, share it."""
+        trains = {k: v for k, v in self.record().items() if k not in ("name", "description", "blend")}
+        return hashlib.sha1(json.dumps(trains, sort_keys=True, default=repr).encode()).hexdigest()[:8]
 
 
 # the configuration measured on the default model (docs/results.md): MSE, 2 epochs, lr 1e-4,

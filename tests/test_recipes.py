@@ -274,3 +274,20 @@ def test_a_model_without_conv_blocks_trains_every_parameter():
     with pytest.warns(UserWarning, match="every parameter trains instead"):
         robust, _ = surgery.robustify(model, (images, targets), (images, targets), epochs=1, progress=False)
     assert not torch.equal(robust.fc.weight, model.fc.weight)
+
+
+def test_the_training_digest_names_what_trains_and_nothing_else():
+    """Checkpoint folders are named by it: a changed defence or schedule changes it, the blend
+    (applied after the fine-tune) and the wording do not."""
+    import dataclasses
+
+    robust = RECIPES["robust"]
+    assert RECIPES["robust-strong"].training_digest() == robust.training_digest()
+    assert dataclasses.replace(robust, name="x", description="y", blend=0.9).training_digest() == robust.training_digest()
+    assert len({
+        robust.training_digest(),
+        dataclasses.replace(robust, defense=None).training_digest(),
+        dataclasses.replace(robust, epochs=3).training_digest(),
+        dataclasses.replace(robust, defense=lambda spread: ConsistencyTraining(eps=4 / 255, steps=3, scale=spread)).training_digest(),
+        RECIPES["paper"].training_digest(),
+    }) == 5
