@@ -9,6 +9,13 @@ validation SROCC, and a seed that makes runs repeatable. A baseline defence
 initialised, or launched by torchrun: the process group is then joined for the run and
 left afterwards) it wraps the network in DistributedDataParallel, shards the data
 with a DistributedSampler, and only rank 0 writes files and shows progress.
+
+A defence that attacks the batch (consistency training, AT) is watched for catastrophic
+overfitting (Wong et al., "Fast is better than free", ICLR 2020: a few-step inner attack stops
+finding what a multi-step one finds, and the model's robustness collapses within an epoch):
+after every epoch a random-start PGD-10 at the defence's radius scores the first validation
+images, and an epoch whose gain rises above twice the lowest gain so far is flagged, warned
+about and never chosen as the best one.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import functools
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -26,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, Te
 from tqdm.auto import tqdm
 
 from . import distributed, metrics
+from .attacks.pgd import PGD
 from .fingerprint import data_fingerprint, differences, model_fingerprint, settings_record
 from .scoring import check_images, model_device, per_image_scores, scoring_network
 from .defenses.base import Defense, TrainingScore
@@ -164,6 +173,35 @@ def _validate(network: nn.Module, loader: DataLoader, device: torch.device, auto
         targets.append(target.reshape(-1).float())
     p, t = torch.cat(predictions), torch.cat(targets)
     return {"val_srocc": metrics.srocc(p, t), "val_plcc": metrics.plcc(p, t)}
+
+
+class _AttackCheck:
+    """The mean absolute score change random-start PGD-10 (either direction) finds within
+    ``eps`` on fixed validation images, the model as at inference, on its own random stream
+    (the training's is left as it was)."""
+
+    steps = 10
+    overfit_factor = 2.0  # a gain this many times the lowest so far flags the epoch
+
+    def __init__(self, val_set: Dataset, count: int, eps: float, seed: int):
+        self.images = torch.stack([torch.as_tensor(val_set[i][0]) for i in range(min(count, len(val_set)))])
+        self.attack = PGD(eps=eps, steps=self.steps, random_start=True)
+        self.seed = seed
+
+    def gain(self, network: nn.Module, device: torch.device, autocast) -> float:
+        network.eval()
+        images = self.images.to(device)
+        score = functools.partial(_scores, network)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast():
+            torch.manual_seed(self.seed)
+            attacked = self.attack.run(score, images, direction="away")
+            with torch.no_grad():
+                return float((score(attacked) - score(images)).abs().mean())
+
+    def overfit(self, gain: float, history: list[dict]) -> bool:
+        """Whether ``gain`` is more than ``overfit_factor`` times the lowest of the earlier epochs'."""
+        earlier = [h["val_attack_gain"] for h in history if "val_attack_gain" in h]
+        return bool(earlier) and gain > self.overfit_factor * min(earlier)
 
 
 class _Loaders:
@@ -336,6 +374,7 @@ def finetune(
     num_workers: int = 0,
     progress: bool = True,
     parameters: Sequence[nn.Parameter] | None = None,
+    attack_check_images: int = 16,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place on ``train`` (images in [0, 1], MOS); returns the history.
 
@@ -352,6 +391,13 @@ def finetune(
             storage and layout it came with.
         parameters: train only these (default: every parameter that requires grad).
             BatchNorm layers with no trained parameter keep their running statistics.
+        attack_check_images: with ``val`` and a defence that attacks (``attack_budget()``),
+            how many validation images random-start PGD-10 attacks after every epoch
+            (``val_attack_gain`` and its ``attack_check_seconds``, apart from the epoch's
+            ``seconds``, in the history; 0: no check). An epoch whose gain is more than
+            twice the lowest so far is flagged ``overfit`` (catastrophic overfitting), warned
+            about and not chosen as the best. The check changes no weight and no random draw
+            of the training.
 
     With ``val``, the model ends with its best validation weights; every module ends
     in the train/eval mode it came in. If the run stops with an error (or Ctrl-C),
@@ -371,6 +417,7 @@ def finetune(
     # the other weights get no gradient, so backward stops at the first trained layer
     with frozen(model, trained=params), memory_layout(model, use_channels_last, keep_values=True):
         network = scoring_network(model)
+        plain_network = network  # the check attacks it on every rank: no collective call
         sharded = distributed.initialised()
         is_main = distributed.rank() == 0
         if sharded:
@@ -381,6 +428,12 @@ def finetune(
         total_steps = max(1, epochs * len(loaders.train))
         cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        budget = defense.attack_budget() if defense is not None else None
+        if attack_check_images < 0:
+            raise ValueError(f"attack_check_images must be >= 0, got {attack_check_images!r}")
+        check = None
+        if budget is not None and loaders.val_set is not None and attack_check_images:
+            check = _AttackCheck(loaders.val_set, attack_check_images, budget, seed)
         step = _Step(TrainingScore(network, _scores), get_loss(loss), defense, params, optimizer, scheduler, grad_clip, use_amp, device)
 
         checkpoints = _Checkpoints(checkpoint_dir, write=is_main)
@@ -409,9 +462,23 @@ def finetune(
             if loaders.val is not None:
                 record.update(_validate(network, loaders.val, device, step.autocast))
             record["seconds"] = time.perf_counter() - started
+            if check is not None:
+                started = time.perf_counter()
+                record["val_attack_gain"] = check.gain(plain_network, device, step.autocast)
+                record["attack_check_seconds"] = time.perf_counter() - started
+                if check.overfit(record["val_attack_gain"], result.history):
+                    record["overfit"] = True
+                    warnings.warn(
+                        f"finetune: catastrophic overfitting at epoch {epoch + 1}? PGD-{check.steps} moves the validation "
+                        f"scores by {record['val_attack_gain']:.4g}, over {check.overfit_factor:g}x the lowest earlier epoch's: "
+                        "the defence's few-step attack no longer finds what a stronger one does; this epoch is not chosen "
+                        "as the best (use more attack steps, a smaller lr, or stop earlier)",
+                        stacklevel=3,
+                    )
             result.history.append(record)
 
-            if loaders.val is not None and (result.best_srocc is None or record["val_srocc"] > result.best_srocc):
+            eligible = loaders.val is not None and not record.get("overfit", False)
+            if eligible and (result.best_srocc is None or record["val_srocc"] > result.best_srocc):
                 result.best_epoch, result.best_srocc = epoch + 1, record["val_srocc"]
                 result.best_path = checkpoints.save_best(model)
                 if result.best_path is None:

@@ -8,6 +8,7 @@ import torch.multiprocessing as mp
 
 import surgery
 from surgery import metrics, training
+from surgery.defenses import AdversarialTraining, ConsistencyTraining, NormRegularization
 from surgery.training import finetune
 from tests.models import BatchNormIQA, TinyIQA, assert_unchanged, snapshot
 
@@ -314,3 +315,50 @@ def test_training_some_parameters_back_propagates_no_further_than_they_are():
     finetune(model, train, epochs=1, parameters=[model.fc.weight], progress=False)
     assert not seen and model.conv.weight.grad is None
     assert model.conv.weight.requires_grad and not model.fc.bias.requires_grad
+
+
+@pytest.mark.parametrize("defense", [ConsistencyTraining(eps=4 / 255, steps=1, beta=1.0),
+                                     AdversarialTraining(eps=4 / 255)], ids=["consistency", "at"])
+def test_an_attacking_defence_is_checked_every_epoch_without_changing_the_training(defense):
+    """Catastrophic overfitting is watched for with a multi-step attack after each epoch; the
+    check draws its own random numbers and touches no weight, so the trained model is the one
+    trained without it."""
+    train, val = toy_split()
+    runs = []
+    for count in (16, 0):
+        torch.manual_seed(0)
+        model = TinyIQA()
+        result = finetune(model, train, val, epochs=2, lr=1e-2, loss="mse", defense=defense, progress=False,
+                          attack_check_images=count)
+        runs.append((model, result.history))
+    (checked, checked_history), (unchecked, unchecked_history) = runs
+    assert all(h["val_attack_gain"] > 0 for h in checked_history)
+    assert all("val_attack_gain" not in h for h in unchecked_history)
+    assert_unchanged(checked, snapshot(unchecked))
+
+
+def test_an_epoch_whose_attack_gain_jumps_is_flagged_and_not_chosen(monkeypatch):
+    """Epoch 2 has the better SROCC but twice epoch 1's gain under PGD-10: it is flagged and warned
+    about, and the model ends with epoch 1's weights."""
+    train, val = toy_split()
+    gains = iter([0.1, 0.25])
+    monkeypatch.setattr(training._AttackCheck, "gain", lambda self, network, device, autocast: next(gains))
+    scores = iter([0.5, 0.9])
+    validate = training._validate
+    monkeypatch.setattr(training, "_validate", lambda *a: {**validate(*a), "val_srocc": next(scores)})
+    torch.manual_seed(0)
+    model = TinyIQA()
+    with pytest.warns(UserWarning, match="catastrophic overfitting at epoch 2"):
+        result = finetune(model, train, val, epochs=2, lr=1e-2, loss="mse", progress=False,
+                          defense=ConsistencyTraining(steps=1))
+    assert [h.get("overfit", False) for h in result.history] == [False, True]
+    assert result.best_epoch == 1 and result.best_srocc == 0.5
+
+
+def test_the_attack_check_needs_a_defence_that_attacks_and_a_sane_count():
+    train, val = toy_split()
+    history = finetune(TinyIQA(), train, val, epochs=1, progress=False,
+                       defense=NormRegularization()).history
+    assert "val_attack_gain" not in history[0]
+    with pytest.raises(ValueError, match="attack_check_images"):
+        finetune(TinyIQA(), train, val, epochs=1, progress=False, attack_check_images=-1)

@@ -25,6 +25,9 @@ class AdversarialTraining(Defense):
         self.penalty = penalty
         self.label_range = label_range
 
+    def attack_budget(self) -> float:
+        return self.eps
+
     def adversarial(self, score: ScoreFn, images: torch.Tensor) -> torch.Tensor:
         """One FGSM step raising the score, with the model in its training mode."""
         return PGD(eps=self.eps, steps=1).run(score, images.detach(), direction="up")

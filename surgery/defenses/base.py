@@ -51,5 +51,11 @@ class Defense(abc.ABC):
     def loss(self, score: ScoreFn, images: torch.Tensor, targets: torch.Tensor, task_loss: LossFn) -> torch.Tensor:
         """The training loss for one batch with the defence applied."""
 
+    def attack_budget(self) -> float | None:
+        """The l_inf radius the defence attacks the batch within (None: it attacks nothing). With
+        validation data, :func:`surgery.finetune` runs a multi-step attack at this radius after
+        every epoch, to catch catastrophic overfitting (Wong et al. 2020)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

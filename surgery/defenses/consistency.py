@@ -46,6 +46,9 @@ class ConsistencyTraining(Defense):
             raise ValueError(f"ConsistencyTraining: fraction must be in (0, 1], got {fraction!r}")
         self.fraction = float(fraction)
 
+    def attack_budget(self) -> float:
+        return self.eps
+
     def attack(self) -> PGD:
         """The inner attack: random-start PGD moving the score away from the clean one, last iterate."""
         return PGD(eps=self.eps, steps=self.steps, alpha=self.alpha, random_start=True, best_iterate=False)
