@@ -47,7 +47,8 @@ def test_paper_tables_writes_every_report(tmp_path, labels):
     assert "spearman(lemma ratio, pgd-1 auc)" in (out / "positions.md").read_text()
     assert (out / "tradeoff.png").stat().st_size > 0 and (out / "results.csv").stat().st_size > 0
     # the recipe row is robustify's own fine-tune: its checkpoint records the recipe's lr, not --lr's 3e-4
-    robust = torch.load(tmp_path / "cache" / "tune" / "recipe-robust-8+4-s0" / "last.pt", weights_only=True)
+    folder = f"recipe-robust-{surgery.RECIPES['robust'].training_digest()}-8+4-s0"  # named by what the recipe trains
+    robust = torch.load(tmp_path / "cache" / "tune" / folder / "last.pt", weights_only=True)
     assert robust["run"]["settings"]["lr"] == surgery.RECIPES["robust"].lr
 
 
@@ -71,6 +72,22 @@ def test_recipe_proof_measures_robustify_against_the_original_and_a_control(tmp_
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert again.returncode == 0 and "epoch 1/" not in again.stderr
     assert (tmp_path / "out" / "default.md").read_text() == report
+
+
+@pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
+def test_recipe_front_measures_each_candidate_over_the_keep_grid_on_validation(tmp_path, labels):
+    command = [
+        sys.executable, os.path.join(ROOT, "benchmarks", "recipe_front.py"), "--references", "20", "--tune-steps", "1",
+        "--epochs", "1", "--val-images", "4", "--candidates", "recipe", "eps-8+blocks-1", "--eps", "4", "--target", "0.5",
+        "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "front.md"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "front.md").read_text()
+    assert "| recipe | 0 |" in report and "| eps-8+blocks-1 | 0 |" in report and "x at 4/255" in report
+    assert "keep 0" in done.stdout  # each calibration report is printed
+    again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert again.returncode == 0 and "epoch 1/" not in again.stderr and (tmp_path / "front.md").read_text() == report
 
 
 @pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")

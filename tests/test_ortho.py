@@ -292,3 +292,37 @@ def test_threaded_lu_faults_are_avoided_without_hanging_or_printing(c_in, c_out,
     assert "MKL" not in done.stdout and "MKL" not in done.stderr
     assert abs(float(done.stdout.split("RATIO")[-1]) - 1) < 1e-5
 
+
+
+@pytest.mark.parametrize("cls", [AOCConv2d, AOLConv2d])
+def test_orthogonium_eval_kernel_is_kept_and_invalidated(cls):
+    """The parametrized kernel is computed once in eval mode (same output as recomputing it),
+    and a changed parameter, train() or a gradient to the weights bypasses or rebuilds it."""
+    torch.manual_seed(5)
+    layer = cls(4, 8, 3)
+    x = torch.randn(2, 4, 8, 8)
+    recomputed = layer(x).detach()
+    layer.eval()
+    with torch.no_grad():
+        first = layer(x)
+        kept = layer._kernel_cache[1]
+        assert torch.equal(layer(x), first) and layer._kernel_cache[1] is kept
+        torch.testing.assert_close(first, recomputed, atol=1e-5, rtol=1e-5)  # AOC: its power iteration moved
+        source = next(p for n, p in layer.conv.named_parameters() if n != "bias")
+        source.data.add_(0.1 * torch.randn_like(source))  # as an EMA does: through .data
+        changed = layer(x)
+        assert layer._kernel_cache[1] is not kept and not torch.allclose(changed, first)
+        torch.testing.assert_close(changed, layer.conv(x), atol=1e-5, rtol=1e-5)
+    layer(x).sum().backward()  # eval, but the weights need gradients: the kernel is recomputed
+    assert source.grad is not None
+    layer.train()
+    assert layer._kernel_cache is None
+
+
+def test_aoc_norm_preserved_at_real_size_in_eval():
+    """512 -> 1024 channels at 32x32, the default model's block size, with the kept kernel."""
+    torch.manual_seed(0)
+    layer = AOCConv2d(512, 1024, 3).eval()
+    with torch.no_grad():
+        ratio = norm_ratio(layer, torch.randn(2, 512, 32, 32))
+    torch.testing.assert_close(ratio, torch.ones(2), atol=1e-5, rtol=0)

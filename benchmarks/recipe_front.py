@@ -1,0 +1,133 @@
+"""Moving the robust recipe's front, on validation only: candidate fine-tunes, each blended
+over the keep grid and measured on the validation images, as ``robustify(target=...)``
+measures them (:func:`surgery.calibration.calibrate_blend`).
+
+A candidate is ``surgery.robustify(model, train, val, recipe="robust-strong", seed=s, ...)``
+(the robust recipes' fine-tune, kept whole) with ``+``-joined changes: ``recipe`` (none),
+``eps-E`` (consistency budget E/255), ``beta-B``, ``steps-K``, ``share-F`` (the defence's
+settings, the others as the recipe's), ``epochs-N``, ``all`` (every parameter trains:
+``parameters=list(model.parameters())``), ``blocks-N`` (the last N conv blocks and the head, the
+recipe's rule with N for its 4). Every keep of :data:`surgery.calibration.KEEP_GRID`
+is scored on the 252 validation images (SROCC) and attacked on 16 of them (random-start
+PGD-10 raising the score at each ``--eps``); the table gives, per candidate, the most
+robust keep whose validation SROCC keeps >= ``--target`` of the original's (the keep the
+calibrated call would choose) and its gains as multiples of the original's. No test
+reference is touched: what wins here is then measured on test by ``recipe_proof.py``.
+
+Fine-tunes and calibrations are cached under ``--cache``: a run that stops continues.
+
+    python benchmarks/recipe_front.py --candidates recipe all eps-8 beta-0.08 epochs-4
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+import surgery
+from surgery.calibration import calibrate_blend
+from surgery.defenses import ConsistencyTraining
+from surgery.files import atomic_write_text
+from surgery.recipes import RECIPES
+
+from paper_tables import add_data_arguments, data_tag, load_data, parse_with_data
+
+DEFENSE_KEYS = {"eps": "eps", "beta": "beta", "steps": "steps", "share": "fraction"}
+
+
+def candidate_options(name: str, base, spread: float) -> dict:
+    """The robustify keywords of candidate ``name`` (beyond recipe and seed)."""
+    settings = dict(RECIPES["robust-strong"].record()["defense"])
+    settings.pop("class"), settings.pop("alpha")  # alpha follows eps and steps: 2.5 eps / steps
+    settings["eps"] = round(settings["eps"] * 255, 6)
+    options: dict = {}
+    for part in name.split("+"):
+        key, _, value = part.partition("-")
+        if part == "recipe":
+            continue
+        if key in DEFENSE_KEYS and value:
+            settings[DEFENSE_KEYS[key]] = float(value)
+        elif key == "epochs" and value.isdigit():
+            options["epochs"] = int(value)
+        elif part == "all":
+            options["parameters"] = list(base.parameters())
+        elif key == "blocks" and value.isdigit():  # the recipe's rule with another count (the recipe: 4)
+            own = dict(base.named_parameters())
+            options["parameters"] = [own[n] for n in surgery.locate(base, input_size=(3, 224, 224)).trailing_parameters(int(value))]
+        else:
+            raise ValueError(
+                f"candidate {name!r}: unknown part {part!r} (recipe, eps-E, beta-B, steps-K, share-F, epochs-N, all, blocks-N)"
+            )
+    options["defense"] = ConsistencyTraining(
+        eps=settings["eps"] / 255, steps=int(settings["steps"]), beta=settings["beta"], scale=spread, fraction=settings["fraction"]
+    )
+    return options
+
+
+def front(name: str, base, data: dict, seed: int, args) -> dict:
+    """The candidate's fine-tune (cached) and its calibration grid at every ``--eps`` (cached)."""
+    path = os.path.join(args.cache, "front", f"{name}-{data_tag(data)}-s{seed}-{'-'.join(map(str, args.eps))}.json")
+    if os.path.isfile(path):
+        with open(path) as file:
+            return json.load(file)
+    options = candidate_options(name, base, float(data["tune"][1].std()))
+    digest = dataclasses.replace(RECIPES["robust-strong"], defense=lambda _: options["defense"],
+                                 epochs=options.get("epochs", RECIPES["robust-strong"].epochs)).training_digest()
+    folder = os.path.join(args.cache, "tune", f"{name}-{digest}-{data_tag(data)}-s{seed}")
+    tuned, result = surgery.robustify(base, data["tune"], data["val"], recipe="robust-strong", seed=seed,
+                                      checkpoint_dir=folder, **options)
+    record = {"candidate": name, "seed": seed, "epoch s": float(np.mean([h["seconds"] for h in result.history])),
+              "best epoch": result.best_epoch, "grids": {}}
+    for eps in args.eps:
+        calibration = calibrate_blend(base, tuned, data["val"], args.target, eps=eps / 255, seed=seed)
+        record["grids"][str(eps)] = {"original gain": calibration.val_gain_original, "original srocc": calibration.val_srocc_original,
+                                     "grid": calibration.grid}
+        print(f"{name} s{seed}, PGD-10 at {eps}/255:\n{calibration}", flush=True)
+    atomic_write_text(json.dumps(record, indent=2), path)
+    return record
+
+
+def summary_row(record: dict, target: float, eps: list[float]) -> dict:
+    """The keep the calibrated call would choose (by the first eps's gain) and every eps's gain ratio there."""
+    first = record["grids"][str(eps[0])]
+    passing = [r for r in first["grid"] if r["srocc_kept"] >= target]
+    chosen = min(passing, key=lambda r: (r["val_gain"], -r["keep"])) if passing else None
+    row = {"candidate": record["candidate"], "seed": record["seed"], "epoch s": record["epoch s"],
+           "best epoch": record["best epoch"], "keep": chosen["keep"] if chosen else None,
+           "val SROCC kept": chosen["srocc_kept"] if chosen else None}
+    for e in eps:
+        grid = record["grids"][str(e)]
+        at = {r["keep"]: r for r in grid["grid"]}
+        row[f"x at {e:g}/255"] = at[chosen["keep"]]["val_gain"] / grid["original gain"] if chosen else None
+        row[f"whole: x at {e:g}/255"] = at[1.0]["val_gain"] / grid["original gain"]
+    row["whole: val SROCC kept"] = {r["keep"]: r for r in first["grid"]}[1.0]["srocc_kept"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(parser, eval_references=50, attack_images=64)
+    parser.add_argument("--candidates", nargs="+", default=["recipe"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--eps", type=float, nargs="+", default=[4.0, 8.0], help="PGD-10 budgets, in 1/255")
+    parser.add_argument("--cache", default=".cache/front")
+    parser.add_argument("--out", default="outputs/front.md")
+    args = parse_with_data(parser)
+    started = time.time()
+    data = load_data(args)
+    base = surgery.create_model("default", pretrained=True).eval()
+    rows = [summary_row(front(name, base, data, seed, args), args.target, args.eps)
+            for name in args.candidates for seed in args.seeds]
+    table = surgery.Table([], rows).to_markdown()
+    atomic_write_text(f"## The recipe's front on validation (target {args.target:.0%})\n\n{table}\n", args.out)
+    print(table)
+    print(f"{time.time() - started:.0f} s in all")
+
+
+if __name__ == "__main__":
+    main()
