@@ -208,6 +208,11 @@ class RobustBlock(nn.Module):
         if callable(clear):
             clear()
 
+    def cache_bytes(self) -> int:
+        """Bytes the orthogonal layer keeps between inference calls (0 for a layer that does not say)."""
+        measure = getattr(self.ortho, "cache_bytes", None)
+        return int(measure()) if callable(measure) else 0
+
     def norm_ratio(self, height: int, width: int | None = None, samples: int = 4) -> torch.Tensor:
         """Measured ``||W x|| / ||x||`` of the orthogonal layer's linear part on random inputs.
 

@@ -124,6 +124,7 @@ def test_cayley_eval_cache_reused_and_invalidated():
     with torch.no_grad():
         first = layer(x)
         cached = layer._q_cache[-1]
+        assert layer.cache_bytes() >= cached.nbytes == 8 * 8 * (8 // 2 + 1) * 4 * 8  # H (W/2+1) out in complex64
         second = layer(x)
         assert layer._q_cache[-1] is cached
         torch.testing.assert_close(first, train_out, atol=1e-5, rtol=1e-5)
@@ -145,7 +146,7 @@ def test_cayley_eval_cache_reused_and_invalidated():
         layer.load_state_dict(other.state_dict())  # so does loading weights
         torch.testing.assert_close(layer(x), other.eval()(x))
     layer.train()
-    assert layer._q_cache is None
+    assert layer._q_cache is None and layer.cache_bytes() == sum(t.nbytes for t in layer._phase_cache.values())
 
 
 def test_cayley_eval_with_weight_gradients_does_not_cache():
@@ -307,6 +308,7 @@ def test_orthogonium_eval_kernel_is_kept_and_invalidated(cls):
         first = layer(x)
         kept = layer._kernel_cache[1]
         assert torch.equal(layer(x), first) and layer._kernel_cache[1] is kept
+        assert layer.cache_bytes() >= kept.nbytes == 8 * 4 * 3 * 3 * 4
         torch.testing.assert_close(first, recomputed, atol=1e-5, rtol=1e-5)  # AOC: its power iteration moved
         source = next(p for n, p in layer.conv.named_parameters() if n != "bias")
         source.data.add_(0.1 * torch.randn_like(source))  # as an EMA does: through .data
@@ -316,7 +318,7 @@ def test_orthogonium_eval_kernel_is_kept_and_invalidated(cls):
     layer(x).sum().backward()  # eval, but the weights need gradients: the kernel is recomputed
     assert source.grad is not None
     layer.train()
-    assert layer._kernel_cache is None
+    assert layer._kernel_cache is None and layer.cache_bytes() == 0
 
 
 def test_aoc_norm_preserved_at_real_size_in_eval():

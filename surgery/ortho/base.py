@@ -40,6 +40,10 @@ class OrthoConv2d(nn.Module):
         """Drop whatever the layer keeps between inference calls (nothing here; Cayley's
         orthogonal matrices). The next call rebuilds it."""
 
+    def cache_bytes(self) -> int:
+        """Bytes the layer keeps between inference calls (what :meth:`clear_cache` frees)."""
+        return 0
+
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
 
@@ -59,6 +63,12 @@ class WrappedConv2d(OrthoConv2d):
     def clear_cache(self) -> None:
         """Drop the kept inference kernel (rebuilt on the next eval call)."""
         self._kernel_cache = None
+
+    def cache_bytes(self) -> int:
+        if self._kernel_cache is None:
+            return 0
+        saved, kernel = self._kernel_cache
+        return kernel.nbytes + sum(t.nbytes for t in saved)
 
     def train(self, mode: bool = True) -> "WrappedConv2d":
         if mode:  # training recomputes the kernel at every call and never reads the kept one

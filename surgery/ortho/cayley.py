@@ -93,6 +93,10 @@ class CayleyConv2d(OrthoConv2d):
         """Drop the cached inference matrices (they are rebuilt on the next eval forward)."""
         self._q_cache = None
 
+    def cache_bytes(self) -> int:
+        kept = [] if self._q_cache is None else [*self._q_cache[1], self._q_cache[2]]
+        return sum(t.nbytes for t in (*kept, *self._phase_cache.values()))
+
     def train(self, mode: bool = True) -> "CayleyConv2d":
         if mode:  # training changes the weights and never reads the cache: free it
             self.clear_cache()
