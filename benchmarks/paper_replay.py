@@ -82,7 +82,7 @@ def main() -> None:
             folder = os.path.join(args.cache, f"{size[0]}x{size[1]}", "tune", variant)
             epoch_s = fine_tune(model, {}, data, first_stage, args.seed, folder, args)
         cache = os.path.join(args.cache, f"{size[0]}x{size[1]}", "eval")
-        summary = attack_table(variant, model, data, base.score_range, cache, attacks).summaries[0]
+        summary = attack_table(variant, model, data, cache, attacks).summaries[0]
         rows.append({"model": variant, "srocc": summary["srocc"], "plcc": summary["plcc"],
                      **{f"{a} abs_gain_auc": summary[f"{a} abs_gain_auc"] for a in attacks}, "epoch s": epoch_s})
         print(f"{variant}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[-1].items() if isinstance(v, float))

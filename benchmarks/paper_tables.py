@@ -65,6 +65,7 @@ import torch
 from scipy import stats
 
 import surgery
+from surgery import metrics
 from surgery.attacks import scores
 from surgery.blocks import PooledSize
 from surgery.data import NIPS2017, SyntheticIQA
@@ -296,13 +297,23 @@ def inference_ms(model, images: torch.Tensor, repeats: int = 3) -> float:
     return (time.perf_counter() - started) / repeats / batch.shape[0] * 1000
 
 
-def attack_table(name, model, data, score_range, cache, attacks=("pgd-1", "pgd-8", "uap", "stadv"), strong=(),
+def own_range(model, images: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of ``model``'s clean scores on ``images``: the range its score changes are
+    measured in. Each model has its own, as the MSU benchmark normalises each metric by its own
+    range: consistency training squashes the scores toward their mean, and in the original's
+    range that squash alone would pass for robustness."""
+    return metrics.score_range(scores(model, images, 16))
+
+
+def attack_table(name, model, data, cache, attacks=("pgd-1", "pgd-8", "uap", "stadv"), strong=(),
                  **evaluate_options) -> surgery.Table:
     """SROCC / PLCC / KROCC on the evaluation images, ``attacks`` on the attacked ones, and
     each ``strong`` attack raising and lowering the score (cached; ``evaluate_options`` go to
-    ``surgery.evaluate``). A lowering attack's AbsGain is negative; its summary keeps the size
+    ``surgery.evaluate``), every AbsGain in the model's own range on the evaluation images
+    (:func:`own_range`). A lowering attack's AbsGain is negative; its summary keeps the size
     (``"<attack> down abs_gain_auc"``)."""
-    options = {"score_range": score_range, "name": name, "progress": False, "cache": cache, **evaluate_options}
+    options = {"score_range": own_range(model, data["eval"][0]), "name": name, "progress": False, "cache": cache,
+               **evaluate_options}
     table = surgery.evaluate(model, *data["eval"], attacks=[*attacks, *strong], attack_subset=data["attack_subset"], **options)
     rows, summary = list(table.rows), dict(table.summaries[0])
     if strong:  # on the attacked images alone: the correlations are in the summary already
@@ -312,9 +323,9 @@ def attack_table(name, model, data, score_range, cache, attacks=("pgd-1", "pgd-8
     return surgery.Table(rows, [summary])
 
 
-def pgd1_summary(name, model, data, score_range, args) -> dict:
+def pgd1_summary(name, model, data, args) -> dict:
     """SROCC and PGD-1 AbsGainAUC, what the sweeps compare."""
-    return attack_table(name, model, data, score_range, os.path.join(args.cache, "eval"), ["pgd-1"]).summaries[0]
+    return attack_table(name, model, data, os.path.join(args.cache, "eval"), ["pgd-1"]).summaries[0]
 
 
 def sweep_row(result: dict, original: dict) -> dict:
@@ -324,7 +335,7 @@ def sweep_row(result: dict, original: dict) -> dict:
     }
 
 
-def position_sweep(base, data, score_range, original, args) -> tuple[list[dict], dict]:
+def position_sweep(base, data, original, args) -> tuple[list[dict], dict]:
     rows = []
     lemma = {p["name"]: p["lemma_ratio"] for p in surgery.positions(base, input_size=(3, 224, 224))}
     for stage in range(1, STAGES):
@@ -334,7 +345,7 @@ def position_sweep(base, data, score_range, original, args) -> tuple[list[dict],
         folder = os.path.join(args.cache, "tune", f"position-{stage}" + tune_tag("cayley", args))
         fine_tune(model, {}, data, args.train_from, 0, folder, args)
         rows.append({"position": f"before {name}", "lemma_ratio": lemma[name],
-                     **sweep_row(pgd1_summary(f"position-{stage}", model, data, score_range, args), original)})
+                     **sweep_row(pgd1_summary(f"position-{stage}", model, data, args), original)})
         print(f"  position {name}: SROCC {rows[-1]['srocc']:.4f}, PGD-1 AbsGainAUC {rows[-1]['pgd-1 abs_gain_auc']:.4f}")
     rho = stats.spearmanr([r["lemma_ratio"] for r in rows], [r["pgd-1 abs_gain_auc"] for r in rows]).statistic
     keeping = [r for r in rows if r["srocc kept"] >= 0.99]
@@ -355,7 +366,7 @@ def recipes(args) -> list[tuple[str, int | None, PooledSize, int, float]]:
     return grid + [(variant, None, "min", args.train_from, lr) for lr in (1e-4, 3e-5) for variant in ("control", "cayley")]
 
 
-def recipe_sweep(base, data, score_range, original, args) -> list[dict]:
+def recipe_sweep(base, data, original, args) -> list[dict]:
     """Block width, pooled size, fine-tuned stages and learning rate, one seed: SROCC and PGD-1 AUC each."""
     rows = []
     for variant, hidden, pooled, train_from, lr in recipes(args):
@@ -367,7 +378,7 @@ def recipe_sweep(base, data, score_range, original, args) -> list[dict]:
         model, options = build(variant, base, data, recipe, hidden_channels=hidden, pooled_size=pooled)
         folder = os.path.join(args.cache, "tune", f"recipe-{tag}" + tune_tag(variant, recipe))
         fine_tune(model, options, data, train_from, 0, folder, recipe)
-        rows.append({"recipe": name, **sweep_row(pgd1_summary(f"recipe-{tag}", model, data, score_range, args), original)})
+        rows.append({"recipe": name, **sweep_row(pgd1_summary(f"recipe-{tag}", model, data, args), original)})
         print(f"  {name}: SROCC {rows[-1]['srocc']:.4f}, PGD-1 AbsGainAUC {rows[-1]['pgd-1 abs_gain_auc']:.4f}")
     return rows
 
@@ -445,30 +456,28 @@ def main() -> None:
     base = surgery.create_model("default", pretrained=True).eval()
     if args.train_from is None:
         args.train_from = torch.load(DEFAULT_WEIGHTS, weights_only=True)["first_stage"]
-    score_range = base.score_range
-
     def write(report: list[str], filename: str) -> None:
         atomic_write_text("\n".join(report) + "\n", os.path.join(args.out, filename))
         print("\n".join(report))
 
     if "table" in args.parts:
-        write(comparison(base, data, score_range, args, started), "comparison.md")
-    original = pgd1_summary("original", base, data, score_range, args) if {"positions", "recipes"} & set(args.parts) else None
+        write(comparison(base, data, args, started), "comparison.md")
+    original = pgd1_summary("original", base, data, args) if {"positions", "recipes"} & set(args.parts) else None
     if "positions" in args.parts:
-        positions, verdict = position_sweep(base, data, score_range, original, args)
+        positions, verdict = position_sweep(base, data, original, args)
         report = ["## Position sweep (Cayley block, one seed)", "", markdown(positions), ""]
         report += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in verdict.items()]
         write(report, "positions.md")
     if "recipes" in args.parts:
-        rows = recipe_sweep(base, data, score_range, original, args)
+        rows = recipe_sweep(base, data, original, args)
         write(["## Block recipes (before the last stage, Cayley, one seed)", "", markdown(rows)], "recipes.md")
     print(f"{time.time() - started:.0f} s in all; reports in {args.out}/")
 
 
-def comparison(base, data, score_range, args, started) -> list[str]:
+def comparison(base, data, args, started) -> list[str]:
     """Every variant fine-tuned, attacked and checked; the report's lines."""
     eval_cache = os.path.join(args.cache, "eval")
-    table = attack_table("original", base, data, score_range, eval_cache, strong=args.strong)
+    table = attack_table("original", base, data, eval_cache, strong=args.strong)
     summaries = [{**table.summaries[0], "variant": "original", "seed": 0, "epoch s": None,
                   "ms/image": inference_ms(base, data["eval"][0])}]
     models = {"original": base}
@@ -485,7 +494,7 @@ def comparison(base, data, score_range, args, started) -> list[str]:
                 epoch_s = fine_tune(model, options, data, args.train_from, seed, folder, args)
                 if keep is not None:
                     surgery.blend(model, base, keep)
-            result = attack_table(name, model, data, score_range, eval_cache, strong=args.strong)
+            result = attack_table(name, model, data, eval_cache, strong=args.strong)
             table = table + result
             summaries.append({**result.summaries[0], "variant": variant, "seed": seed, "epoch s": epoch_s,
                               "ms/image": inference_ms(model, data["eval"][0])})
@@ -493,10 +502,11 @@ def comparison(base, data, score_range, args, started) -> list[str]:
             s = summaries[-1]
             print(f"{name}: SROCC {s['srocc']:.4f}, PGD-1 AbsGainAUC {s['pgd-1 abs_gain_auc']:.4f} ({time.time() - started:.0f} s)")
 
-    masking = {"eps": BUDGET, "strong_steps": args.masking_steps, "queries": args.masking_queries, "score_range": score_range}
+    masking = {"eps": BUDGET, "strong_steps": args.masking_steps, "queries": args.masking_queries}
     checks = [
         row for name, m in models.items()
-        for row in surgery.masking_checks(m, data["attack"][0], original=None if m is base else base, name=name, **masking).rows
+        for row in surgery.masking_checks(m, data["attack"][0], original=None if m is base else base, name=name,
+                                          score_range=own_range(m, data["eval"][0]), **masking).rows
     ]
     summary = spread(summaries)
 

@@ -18,7 +18,7 @@ Rows, per model (``--models``, zoo names with shipped weights) and seed (``--see
   defaults; the calibration report (the keep chosen on validation) is written beside the table.
 
 Attacks (``surgery.evaluate`` with ``channels_last=True``, its one argument beyond the
-protocol's, for speed; every score normalised by the original's score range; AbsGain AUC over eps
+protocol's, for speed; each model's score changes in its own score range on the test images; AbsGain AUC over eps
 {2,4,6,8,10}/255): the paper's PGD-1 and PGD-8, random-start PGD-50, APGD-50 raising and
 lowering the score; then :func:`surgery.masking_checks` at 8/255 (random noise, PGD-1 <=
 PGD-8 <= APGD-50, PGD-8 crafted on the original, Square-``--queries`` as the black-box
@@ -52,7 +52,7 @@ from surgery.files import atomic_write_text
 from surgery.fingerprint import image_fingerprints
 from surgery.recipes import RECIPES, Recipe
 
-from paper_tables import add_data_arguments, attack_table, data_tag, load_data, parse_with_data
+from paper_tables import add_data_arguments, attack_table, data_tag, load_data, own_range, parse_with_data
 
 ATTACKS = ("pgd-1", "pgd-8", "pgd-50-rs")  # raising the score
 STRONG = ("apgd-50",)  # raising and lowering it
@@ -73,9 +73,9 @@ def train_row(row: str, base, data: dict, seed: int, folder: str):
                              checkpoint_dir=folder)
 
 
-def attack_summary(name: str, model, data: dict, score_range, cache: str, args, original) -> tuple[dict, list[dict]]:
+def attack_summary(name: str, model, data: dict, cache: str, args, original) -> tuple[dict, list[dict]]:
     """The row's summary (SROCC, PLCC, every attack's AbsGain AUC) and its masking checks, cached under ``cache``."""
-    summary = attack_table(name, model, data, score_range, os.path.join(cache, "eval"), args.attacks, args.strong,
+    summary = attack_table(name, model, data, os.path.join(cache, "eval"), args.attacks, args.strong,
                            channels_last=True, progress=True).summaries[0]  # hours of attacks: show them
     images = hashlib.sha1(image_fingerprints(data["attack"][0]).numpy().tobytes()).hexdigest()[:10]
     settings = f"{args.masking_steps}-{args.queries}-{images}"
@@ -85,7 +85,7 @@ def attack_summary(name: str, model, data: dict, score_range, cache: str, args, 
             checks = json.load(file)
     else:
         checks = surgery.masking_checks(model, data["attack"][0], original=original, eps=8 / 255, strong_steps=args.masking_steps,
-                                        queries=args.queries, score_range=score_range, name=name).rows
+                                        queries=args.queries, score_range=own_range(model, data["eval"][0]), name=name).rows
         atomic_write_text(json.dumps(checks, indent=2, default=float), path)
     return summary, checks
 
@@ -171,9 +171,8 @@ def prove(model_name: str, data: dict, header: list[str], args) -> None:
         atomic_write_text("\n".join(lines) + "\n", path)
 
     base = surgery.create_model(model_name, pretrained=True).eval()
-    score_range = tuple(base.score_range)
     cache = os.path.join(args.cache, model_name)
-    original, masking = attack_summary(f"{model_name} original", base, data, score_range, cache, args, None)
+    original, masking = attack_summary(f"{model_name} original", base, data, cache, args, None)
     summaries.append(mean_row(f"{model_name} original", [original], original, args))
     checks += masking
     write()
@@ -187,7 +186,7 @@ def prove(model_name: str, data: dict, header: list[str], args) -> None:
             model.eval()
             if result.calibration is not None:
                 calibrations += [f"### {name}", "", str(result.calibration), ""]
-            summary, masking = attack_summary(name, model, data, score_range, cache, args, base)
+            summary, masking = attack_summary(name, model, data, cache, args, base)
             per_seed[row].append(summary)
             summaries.append(mean_row(name, [summary], original, args))
             checks += masking

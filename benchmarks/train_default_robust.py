@@ -49,7 +49,7 @@ def main() -> None:
     state = {k: v.float() for k, v in model.trained_state(first_stage).items()}  # float32: exactly the measured model
     atomic_save(
         {
-            "state_dict": state, "first_stage": first_stage, "score_range": tuple(base.score_range),
+            "state_dict": state, "first_stage": first_stage, "score_range": tuple(model.score_range),  # robustify's own range
             "recipe": RECIPES["robust"].record(), "sha256": state_fingerprint(state),
         },
         args.out,
@@ -61,7 +61,7 @@ def main() -> None:
     rows = []
     # under the comparison's names, whose cached attacks on the same weights are reused
     for name, candidate, compared_as in (("default", base, "original"), ("default-robust", shipped, "robust")):
-        summary = attack_table(compared_as, candidate, data, base.score_range, eval_cache, strong=args.strong).summaries[0]
+        summary = attack_table(compared_as, candidate, data, eval_cache, strong=args.strong).summaries[0]
         strong = [f"{a}{d} abs_gain_auc" for a in args.strong for d in ("", " down")]
         rows.append({"model": name, **{k: summary[k] for k in (*COLUMNS, *strong)}})
     print(surgery.Table([], rows).to_markdown())

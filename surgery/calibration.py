@@ -6,8 +6,10 @@ needed, less accurate), and the blend (:func:`~surgery.blend`, WiSE-FT, Wortsman
 so every keep of a grid is measured on validation and the operating point is chosen
 there, never on the data a result is reported on. The choice: the most robust keep whose
 validation SROCC keeps at least ``target`` of the original's; robustness is the mean
-AbsGain of a random-start PGD raising the score of a few validation images (normalised by
-the range of the original's validation scores). :class:`Calibration` is the report.
+AbsGain of a random-start PGD raising the score of a few validation images, each model's
+normalised by the range of its own validation scores (a fine-tune that squashes its scores
+toward their mean shrinks every score change with them without being any harder to fool; in
+the original's range that squash would pass for robustness). :class:`Calibration` is the report.
 """
 from __future__ import annotations
 
@@ -65,16 +67,17 @@ class Calibration:
         return "\n".join(lines)
 
 
-def _measure(model: nn.Module, stream: ImageStream, mos: torch.Tensor | None, attacked: torch.Tensor, attack: PGD, score_range):
+def _measure(model: nn.Module, stream: ImageStream, mos: torch.Tensor | None, attacked: torch.Tensor, attack: PGD):
     """Validation SROCC, the attack's AbsGain on the ``attacked`` images (the first of the
-    stream), the score range it was normalised by, and the MOS (``mos``, else the data's own)."""
+    stream) in the range of the model's own validation scores, and the MOS (``mos``, else the
+    data's own)."""
     clean, carried = clean_pass(model, stream)
     mos = carried if mos is None else mos
     if not torch.isfinite(mos).all():
         raise ValueError("calibration needs a score for every validation image: pass val as (images, scores) or (image, score) items")
     gained = scores(model, attack(model, attacked), attacked.shape[0])
-    lo, hi = score_range if score_range is not None else metrics.score_range(clean)
-    return metrics.srocc(clean, mos), metrics.abs_gain(clean[: attacked.shape[0]], gained, lo, hi), (lo, hi), mos
+    lo, hi = metrics.score_range(clean)
+    return metrics.srocc(clean, mos), metrics.abs_gain(clean[: attacked.shape[0]], gained, lo, hi), mos
 
 
 def calibrate_blend(
@@ -106,12 +109,12 @@ def calibrate_blend(
     attacked = torch.cat([b.images for b in stream.batches(range(min(attack_images, len(stream))), shard=False)])
     attack = PGD(eps=eps, steps=steps, random_start=True, seed=seed)
     name = f"pgd-{steps}-rs at {eps * 255:g}/255"
-    srocc_0, gain_0, score_range, mos = _measure(original, stream, mos, attacked, attack, None)
+    srocc_0, gain_0, mos = _measure(original, stream, mos, attacked, attack)
     work = copy.deepcopy(tuned)  # each keep blends a fresh copy of the tuned weights, which stay as they are
     grid = []
     for keep in keeps:
         work.load_state_dict(tuned.state_dict())
-        srocc, gain, _, _ = _measure(blend(work, original, keep), stream, mos, attacked, attack, score_range)
+        srocc, gain, _ = _measure(blend(work, original, keep), stream, mos, attacked, attack)
         grid.append({"keep": keep, "val_srocc": srocc, "srocc_kept": srocc / srocc_0, "val_gain": gain})
     passing = [r for r in grid if r["val_srocc"] >= target * srocc_0]
     met = bool(passing)

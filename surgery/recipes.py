@@ -28,10 +28,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import metrics
+from .batches import ImageStream
 from .blending import blend, counterparts
 from .blockmap import locate
 from .calibration import calibrate_blend
 from .defenses import ConsistencyTraining, Defense
+from .evaluation import clean_pass
 from .hardening import harden
 from .modes import restored_on_error
 from .scoring import model_device, model_dtype
@@ -184,7 +187,8 @@ def robustify(
     recipe's rule, and the copy's counterparts are trained. The model is copied unless
     ``inplace``. A recipe with a ``blend`` moves the fine-tuned weights back toward the model
     as it came in after the fine-tune; the history and checkpoints are of the model before
-    the blend.
+    the blend. A model that carries a ``score_range`` gets the range of its own scores on the
+    training images: the range :func:`surgery.evaluate` measures score changes in.
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; available: {sorted(RECIPES)}")
@@ -237,4 +241,15 @@ def robustify(
                 tqdm.write(f"robustify, calibrated on validation:\n{result.calibration}")
         elif chosen.blend is not None:
             blend(hardened, original, chosen.blend)
+        if getattr(hardened, "score_range", None) is not None:
+            # the range every score change is measured in is the model's own: consistency training
+            # squashes the scores toward their mean, and in the range it came with that squash
+            # would pass for robustness
+            hardened.score_range = _own_range(hardened, train, options["batch_size"])
     return hardened, result
+
+
+def _own_range(model: nn.Module, train: DataSpec, batch_size: int) -> tuple[float, float]:
+    """(min, max) of ``model``'s scores on the training images (:func:`surgery.metrics.score_range`)."""
+    clean, _ = clean_pass(model, ImageStream(as_dataset(train, "train"), batch_size, what="training image"))
+    return metrics.score_range(clean)

@@ -31,9 +31,9 @@ GAIN = {0.0: 1.0, 0.2: 0.8, 0.4: 0.6, 0.6: 0.5, 0.8: 0.3, 1.0: 0.2}
 
 @pytest.fixture
 def dial(monkeypatch):
-    def measure(model, stream, mos, attacked, attack, score_range):
+    def measure(model, stream, mos, attacked, attack):
         keep = round(model.value.item(), 6)
-        return SROCC[keep], GAIN[keep], (0.0, 1.0), torch.zeros(1)
+        return SROCC[keep], GAIN[keep], torch.zeros(1)
 
     monkeypatch.setattr(surgery.calibration, "_measure", measure)
     original, tuned = Dial(0.0), Dial(1.0)
@@ -57,6 +57,33 @@ def test_an_unreachable_target_keeps_the_most_accurate_blend_and_says_so(dial):
     with pytest.warns(UserWarning, match="no blend keeps 100.0%"):
         report = calibrate_blend(original, tuned, val, 1.0, keeps=[0.2, 0.6, 1.0])
     assert not report.met and report.keep == 0.2 and "NO blend" in str(report)
+
+
+class Squashed(nn.Module):
+    """SmallCNN's score times a learnable factor: blending toward a smaller factor only squashes the scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = SmallCNN()
+        self.factor = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        return self.factor * self.net(x)
+
+
+def test_a_blend_that_only_squashes_the_scores_is_not_more_robust():
+    """Each blend's gain is in the range of its own validation scores: a fine-tune that halves
+    every score (and so every score change) measures as robust as the original, not 2x."""
+    torch.manual_seed(0)
+    original = Squashed()
+    tuned = copy.deepcopy(original)
+    with torch.no_grad():
+        tuned.factor.fill_(0.5)
+    images, targets = cluster_data(16, 16)
+    report = calibrate_blend(original, tuned, (images, targets), 0.99, keeps=[0.5, 1.0], attack_images=8)
+    for row in report.grid:
+        assert row["val_gain"] == pytest.approx(report.val_gain_original, rel=1e-4)
+        assert row["srocc_kept"] == pytest.approx(1.0)
 
 
 def test_robustify_with_a_target_blends_by_the_calibrated_keep():

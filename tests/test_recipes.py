@@ -291,3 +291,16 @@ def test_the_training_digest_names_what_trains_and_nothing_else():
         dataclasses.replace(robust, defense=lambda spread: ConsistencyTraining(eps=4 / 255, steps=3, scale=spread)).training_digest(),
         RECIPES["paper"].training_digest(),
     }) == 5
+
+
+def test_robustify_gives_the_result_the_range_of_its_own_scores():
+    """Score changes are measured in a model's own range: the result's is re-measured on the
+    training images (consistency training squashes scores), the input model's is left alone."""
+    torch.manual_seed(0)
+    model = SmallCNN()
+    model.score_range = (0.0, 1.0)
+    images, targets = cluster_data(16, 8)
+    robust, _ = surgery.robustify(model, (images, targets), recipe="robust-strong", epochs=1, progress=False)
+    own = scores(robust, images)
+    assert robust.score_range == pytest.approx((own.min().item(), own.max().item()))
+    assert model.score_range == (0.0, 1.0)
