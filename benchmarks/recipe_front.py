@@ -7,9 +7,11 @@ A candidate is ``surgery.robustify(model, train, val, recipe="robust-strong", se
 ``eps-E`` (consistency budget E/255), ``beta-B``, ``steps-K``, ``share-F`` (the defence's
 settings, the others as the recipe's), ``epochs-N``, ``all`` (every parameter trains:
 ``parameters=list(model.parameters())``), ``blocks-N`` (the last N conv blocks and the head, the
-recipe's rule with N for its 4). Every keep of :data:`surgery.calibration.KEEP_GRID`
+recipe's rule with N for its 4), ``own`` (:class:`~surgery.defenses.OwnSpreadConsistencyTraining`:
+the gap in the batch's own score spread). Every keep of :data:`surgery.calibration.KEEP_GRID`
 is scored on the 252 validation images (SROCC) and attacked on 16 of them (random-start
-PGD-10 raising the score at each ``--eps``); the table gives, per candidate, the most
+PGD-10 raising the score at each ``--eps``, every gain in the blend's own validation score
+range); the table gives, per candidate, the most
 robust keep whose validation SROCC keeps >= ``--target`` of the original's (the keep the
 calibrated call would choose) and its gains as multiples of the original's. No test
 reference is touched: what wins here is then measured on test by ``recipe_proof.py``.
@@ -30,7 +32,7 @@ import numpy as np
 
 import surgery
 from surgery.calibration import calibrate_blend
-from surgery.defenses import ConsistencyTraining
+from surgery.defenses import ConsistencyTraining, OwnSpreadConsistencyTraining
 from surgery.files import atomic_write_text
 from surgery.recipes import RECIPES
 
@@ -45,6 +47,7 @@ def candidate_options(name: str, base, spread: float) -> dict:
     settings.pop("class"), settings.pop("alpha")  # alpha follows eps and steps: 2.5 eps / steps
     settings["eps"] = round(settings["eps"] * 255, 6)
     options: dict = {}
+    defense = ConsistencyTraining
     for part in name.split("+"):
         key, _, value = part.partition("-")
         if part == "recipe":
@@ -55,14 +58,16 @@ def candidate_options(name: str, base, spread: float) -> dict:
             options["epochs"] = int(value)
         elif part == "all":
             options["parameters"] = list(base.parameters())
+        elif part == "own":  # the gap in the batch's own score spread: squashing cannot lower the penalty
+            defense = OwnSpreadConsistencyTraining
         elif key == "blocks" and value.isdigit():  # the recipe's rule with another count (the recipe: 4)
             own = dict(base.named_parameters())
             options["parameters"] = [own[n] for n in surgery.locate(base, input_size=(3, 224, 224)).trailing_parameters(int(value))]
         else:
             raise ValueError(
-                f"candidate {name!r}: unknown part {part!r} (recipe, eps-E, beta-B, steps-K, share-F, epochs-N, all, blocks-N)"
+                f"candidate {name!r}: unknown part {part!r} (recipe, eps-E, beta-B, steps-K, share-F, epochs-N, all, blocks-N, own)"
             )
-    options["defense"] = ConsistencyTraining(
+    options["defense"] = defense(
         eps=settings["eps"] / 255, steps=int(settings["steps"]), beta=settings["beta"], scale=spread, fraction=settings["fraction"]
     )
     return options

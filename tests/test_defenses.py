@@ -5,7 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from surgery.defenses import AdversarialTraining, ConsistencyTraining, NormRegularization, Sqish, TrainingScore, replace_activations
+from surgery.defenses import (
+    AdversarialTraining, ConsistencyTraining, NormRegularization, OwnSpreadConsistencyTraining, Sqish, TrainingScore,
+    replace_activations,
+)
 from surgery.training import finetune
 from surgery.losses import mse
 from tests.models import BatchNormIQA, SmallCNN, TinyIQA, assert_unchanged, snapshot
@@ -110,6 +113,36 @@ def test_consistency_penalty_is_the_squared_gap():
     penalty = defense.loss(model, images, targets, mse)
     expected = 2.0 * (model(adversarial) - model(images)).square().mean()
     assert penalty.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+class Scaled(nn.Module):
+    def __init__(self, model, factor):
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x):
+        return self.factor * self.model(x)
+
+
+@pytest.mark.parametrize("cls,ratio", [(ConsistencyTraining, 0.25), (OwnSpreadConsistencyTraining, 1.0)])
+def test_only_the_own_spread_penalty_cannot_be_lowered_by_squashing_the_scores(cls, ratio):
+    """Halving every score quarters the label-unit penalty and leaves the own-spread one as it was."""
+    torch.manual_seed(0)
+    model = TinyIQA()
+    images, _ = toy_data(6)
+    penalties = []
+    for factor in (1.0, 0.5):
+        scaled = Scaled(model, factor)
+        targets = scaled(images).detach()  # task loss 0: the loss is the penalty alone
+        torch.manual_seed(1)
+        penalties.append(cls(beta=1.0).loss(scaled, images, targets, mse).item())
+    assert penalties[1] == pytest.approx(ratio * penalties[0], rel=1e-3)
+    torch.manual_seed(1)
+    targets = model(images).detach()
+    own = OwnSpreadConsistencyTraining(beta=1.0).loss(model, images, targets, mse)
+    torch.manual_seed(1)
+    plain = ConsistencyTraining(beta=1.0, scale=model(images).std().item()).loss(model, images, targets, mse)
+    assert own.item() == pytest.approx(plain.item(), rel=1e-4)  # the same penalty in the batch's own units
 
 
 def test_consistency_on_a_fraction_of_the_batch_attacks_only_that_share():

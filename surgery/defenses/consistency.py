@@ -11,6 +11,11 @@ moved it. ``scale`` puts the gap in units of the scores' spread (the standard de
 the training labels is a good choice, and what :func:`surgery.robustify` passes), so one
 ``beta`` means the same for a model scoring in [0, 1] and one scoring in [0, 100].
 
+:class:`OwnSpreadConsistencyTraining` measures the gap in the spread of the batch's own clean
+scores instead (differentiated): consistency training in label units can lower its penalty by
+squashing every score toward the mean, which shrinks score changes without making the model
+any harder to fool; in the model's own units it cannot.
+
 ``fraction`` < 1 attacks only that share of each batch (its first images; batches are
 shuffled) and averages the penalty over them: the penalty keeps its expected value while
 the inner attack and the attacked forward and backward, most of the cost, shrink with it
@@ -26,7 +31,7 @@ from ..attacks.base import check_budget, check_count
 from ..attacks.pgd import PGD
 from .base import Defense, LossFn, ScoreFn, as_at_inference
 
-__all__ = ["ConsistencyTraining"]
+__all__ = ["ConsistencyTraining", "OwnSpreadConsistencyTraining"]
 
 
 class ConsistencyTraining(Defense):
@@ -63,5 +68,18 @@ class ConsistencyTraining(Defense):
         adversarial = self.adversarial(score, images[:attacked_count])
         values = score(torch.cat([images, adversarial]))
         clean, attacked = values[: images.shape[0]], values[images.shape[0] :]
-        gap = (attacked - clean[:attacked_count]) / self.scale
+        gap = (attacked - clean[:attacked_count]) / self.gap_unit(clean)
         return task_loss(clean, targets) + self.beta * gap.square().mean()
+
+    def gap_unit(self, clean: torch.Tensor) -> torch.Tensor | float:
+        """What a score gap is measured in: ``scale``, the training labels' spread."""
+        return self.scale
+
+
+class OwnSpreadConsistencyTraining(ConsistencyTraining):
+    """Consistency training with the gap in units of the standard deviation of the batch's own
+    clean scores (``scale`` where a batch has one image), differentiated: squashing the scores
+    cannot lower the penalty."""
+
+    def gap_unit(self, clean: torch.Tensor) -> torch.Tensor | float:
+        return clean.std().clamp_min(1e-8) if clean.numel() > 1 else self.scale
