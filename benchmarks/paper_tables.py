@@ -305,15 +305,15 @@ def own_range(model, images: torch.Tensor) -> tuple[float, float]:
     return metrics.score_range(scores(model, images, 16))
 
 
-def attack_table(name, model, data, cache, attacks=("pgd-1", "pgd-8", "uap", "stadv"), strong=(),
+def attack_table(name, model, data, cache, attacks=("pgd-1", "pgd-8", "uap", "stadv"), strong=(), score_range=None,
                  **evaluate_options) -> surgery.Table:
     """SROCC / PLCC / KROCC on the evaluation images, ``attacks`` on the attacked ones, and
     each ``strong`` attack raising and lowering the score (cached; ``evaluate_options`` go to
     ``surgery.evaluate``), every AbsGain in the model's own range on the evaluation images
-    (:func:`own_range`). A lowering attack's AbsGain is negative; its summary keeps the size
-    (``"<attack> down abs_gain_auc"``)."""
-    options = {"score_range": own_range(model, data["eval"][0]), "name": name, "progress": False, "cache": cache,
-               **evaluate_options}
+    (``score_range``: that range when the caller has it already, else :func:`own_range`). A
+    lowering attack's AbsGain is negative; its summary keeps the size (``"<attack> down abs_gain_auc"``)."""
+    score_range = own_range(model, data["eval"][0]) if score_range is None else score_range
+    options = {"score_range": score_range, "name": name, "progress": False, "cache": cache, **evaluate_options}
     table = surgery.evaluate(model, *data["eval"], attacks=[*attacks, *strong], attack_subset=data["attack_subset"], **options)
     rows, summary = list(table.rows), dict(table.summaries[0])
     if strong:  # on the attacked images alone: the correlations are in the summary already
@@ -477,7 +477,8 @@ def main() -> None:
 def comparison(base, data, args, started) -> list[str]:
     """Every variant fine-tuned, attacked and checked; the report's lines."""
     eval_cache = os.path.join(args.cache, "eval")
-    table = attack_table("original", base, data, eval_cache, strong=args.strong)
+    ranges = {"original": own_range(base, data["eval"][0])}  # each model's own, for its table and its masking checks
+    table = attack_table("original", base, data, eval_cache, strong=args.strong, score_range=ranges["original"])
     summaries = [{**table.summaries[0], "variant": "original", "seed": 0, "epoch s": None,
                   "ms/image": inference_ms(base, data["eval"][0])}]
     models = {"original": base}
@@ -494,7 +495,8 @@ def comparison(base, data, args, started) -> list[str]:
                 epoch_s = fine_tune(model, options, data, args.train_from, seed, folder, args)
                 if keep is not None:
                     surgery.blend(model, base, keep)
-            result = attack_table(name, model, data, eval_cache, strong=args.strong)
+            ranges[name] = own_range(model, data["eval"][0])
+            result = attack_table(name, model, data, eval_cache, strong=args.strong, score_range=ranges[name])
             table = table + result
             summaries.append({**result.summaries[0], "variant": variant, "seed": seed, "epoch s": epoch_s,
                               "ms/image": inference_ms(model, data["eval"][0])})
@@ -506,7 +508,7 @@ def comparison(base, data, args, started) -> list[str]:
     checks = [
         row for name, m in models.items()
         for row in surgery.masking_checks(m, data["attack"][0], original=None if m is base else base, name=name,
-                                          score_range=own_range(m, data["eval"][0]), **masking).rows
+                                          score_range=ranges[name], **masking).rows
     ]
     summary = spread(summaries)
 

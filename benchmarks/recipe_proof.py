@@ -75,7 +75,8 @@ def train_row(row: str, base, data: dict, seed: int, folder: str):
 
 def attack_summary(name: str, model, data: dict, cache: str, args, original) -> tuple[dict, list[dict]]:
     """The row's summary (SROCC, PLCC, every attack's AbsGain AUC) and its masking checks, cached under ``cache``."""
-    summary = attack_table(name, model, data, os.path.join(cache, "eval"), args.attacks, args.strong,
+    score_range = own_range(model, data["eval"][0])  # the model's own, for its attacks and its masking checks
+    summary = attack_table(name, model, data, os.path.join(cache, "eval"), args.attacks, args.strong, score_range,
                            channels_last=True, progress=True).summaries[0]  # hours of attacks: show them
     images = hashlib.sha1(image_fingerprints(data["attack"][0]).numpy().tobytes()).hexdigest()[:10]
     settings = f"{args.masking_steps}-{args.queries}-{images}"
@@ -85,7 +86,7 @@ def attack_summary(name: str, model, data: dict, cache: str, args, original) -> 
             checks = json.load(file)
     else:
         checks = surgery.masking_checks(model, data["attack"][0], original=original, eps=8 / 255, strong_steps=args.masking_steps,
-                                        queries=args.queries, score_range=own_range(model, data["eval"][0]), name=name).rows
+                                        queries=args.queries, score_range=score_range, name=name).rows
         atomic_write_text(json.dumps(checks, indent=2, default=float), path)
     return summary, checks
 
