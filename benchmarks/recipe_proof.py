@@ -17,9 +17,10 @@ Rows, per model (``--models``, zoo names with shipped weights) and seed (``--see
 - ``robust``: ``robustify(model, train, val, target=0.99, seed=s)``: the product, with its
   defaults; the calibration report (the keep chosen on validation) is written beside the table.
 
-Attacks (``surgery.evaluate`` with ``channels_last=True``, its one argument beyond the
-protocol's, for speed; each model's score changes in its own score range on the test images; AbsGain AUC over eps
-{2,4,6,8,10}/255): the paper's PGD-1 and PGD-8, random-start PGD-50, APGD-50 raising and
+Attacks (``surgery.evaluate`` with ``channels_last=True`` and ``batch_size=--eval-batch``
+(default 8, evaluate's own), the arguments beyond the protocol's, for speed; each model's
+score changes in its own score range on the test images; AbsGain AUC over eps {2,4,6,8,10}/255):
+the paper's PGD-1 and PGD-8, random-start PGD-50, APGD-50 raising and
 lowering the score; then :func:`surgery.masking_checks` at 8/255 (random noise, PGD-1 <=
 PGD-8 <= APGD-50, PGD-8 crafted on the original, Square-``--queries`` as the black-box
 check). The goals checked: >= 99% of the original's test SROCC and <= 0.50x its AUC under
@@ -34,6 +35,9 @@ they finish.
 
     python benchmarks/recipe_proof.py [--models default] [--seeds 0 1 2] [--attack-images 64]
     python benchmarks/recipe_proof.py --models default-lite2 resnet18-scratch --seeds 0
+
+``--device cuda`` runs everything on a GPU: the models, the fine-tunes (``surgery.finetune``
+then trains in bfloat16 autocast and channels-last, its defaults on a GPU) and the attacks.
 """
 from __future__ import annotations
 
@@ -77,16 +81,17 @@ def attack_summary(name: str, model, data: dict, cache: str, args, original) -> 
     """The row's summary (SROCC, PLCC, every attack's AbsGain AUC) and its masking checks, cached under ``cache``."""
     score_range = own_range(model, data["eval"][0])  # the model's own, for its attacks and its masking checks
     summary = attack_table(name, model, data, os.path.join(cache, "eval"), args.attacks, args.strong, score_range,
-                           channels_last=True, progress=True).summaries[0]  # hours of attacks: show them
+                           channels_last=True, progress=True, batch_size=args.eval_batch).summaries[0]  # hours of attacks: show them
     images = hashlib.sha1(image_fingerprints(data["attack"][0]).numpy().tobytes()).hexdigest()[:10]
-    settings = f"{args.masking_steps}-{args.queries}-{images}"
+    settings = f"{args.masking_steps}-{args.queries}-b{args.eval_batch}-{images}"
     path = os.path.join(cache, "masking", f"{name.replace(' ', '-')}-{settings}-{model_digest(model)}.json")
     if os.path.isfile(path):
         with open(path) as file:
             checks = json.load(file)
     else:
         checks = surgery.masking_checks(model, data["attack"][0], original=original, eps=8 / 255, strong_steps=args.masking_steps,
-                                        queries=args.queries, score_range=score_range, name=name).rows
+                                        queries=args.queries, score_range=score_range, name=name,
+                                        batch_size=args.eval_batch).rows
         atomic_write_text(json.dumps(checks, indent=2, default=float), path)
     return summary, checks
 
@@ -144,6 +149,8 @@ def main() -> None:
     parser.add_argument("--strong", nargs="+", default=list(STRONG), help="attacks raising and lowering the score")
     parser.add_argument("--masking-steps", type=int, default=50, help="APGD steps of the masking checks")
     parser.add_argument("--queries", type=int, default=500, help="Square queries of the black-box masking check")
+    parser.add_argument("--device", default="cpu", help="where the models train and are attacked (e.g. cuda)")
+    parser.add_argument("--eval-batch", type=int, default=8, help="images per batch of the attacks and checks")
     parser.add_argument("--cache", default=".cache/proof")
     parser.add_argument("--out", default="outputs/proof")
     args = parse_with_data(parser)
@@ -171,7 +178,7 @@ def prove(model_name: str, data: dict, header: list[str], args) -> None:
                   "## Calibration on validation", ""] + calibrations
         atomic_write_text("\n".join(lines) + "\n", path)
 
-    base = surgery.create_model(model_name, pretrained=True).eval()
+    base = surgery.create_model(model_name, pretrained=True).eval().to(args.device)
     cache = os.path.join(args.cache, model_name)
     original, masking = attack_summary(f"{model_name} original", base, data, cache, args, None)
     summaries.append(mean_row(f"{model_name} original", [original], original, args))

@@ -169,6 +169,18 @@ def test_nips_reads_table_and_images(tmp_path):
         NIPS2017(tmp_path / "images")
 
 
+def test_nips_reads_a_lossless_copy_in_another_format(tmp_path):
+    os.makedirs(tmp_path / "images")
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "images" / "aa.webp", lossless=True)
+    (tmp_path / "images.csv").write_text("ImageId,URL,License,Author\naa,http://example.invalid/aa,CC-BY,someone\n")
+    image = NIPS2017(tmp_path, size=(20, 20))[0]
+    assert torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1).float() / 255)
+    Image.fromarray(pixels).save(tmp_path / "images" / "aa.png")
+    with pytest.raises(ValueError, match="two files"):
+        NIPS2017(tmp_path)
+
+
 # --------------------------------------------------------------------------- synthetic pseudo-MOS
 @pytest.mark.parametrize("kind", ["blur", "noise", "jpeg", "contrast"])
 def test_distortions_get_stronger_with_level(kind):

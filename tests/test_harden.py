@@ -224,4 +224,4 @@ def test_harden_leaves_no_inference_cache_behind(ortho):
     model = surgery.harden(SmallCNN(), ortho=ortho, input_size=(3, 16, 16))
     for block in surgery.robust_blocks(model).values():
         assert callable(block.ortho.clear_cache)
-        assert getattr(block.ortho, "_q_cache", None) is None and getattr(block.ortho, "_kernel_cache", None) is None
+        assert block.ortho._inference_cache is None

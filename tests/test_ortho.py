@@ -123,16 +123,16 @@ def test_cayley_eval_cache_reused_and_invalidated():
     layer.eval()
     with torch.no_grad():
         first = layer(x)
-        cached = layer._q_cache[-1]
+        cached = layer._inference_cache[-1]
         assert layer.cache_bytes() >= cached.nbytes == 8 * 8 * (8 // 2 + 1) * 4 * 8  # H (W/2+1) out in complex64
         second = layer(x)
-        assert layer._q_cache[-1] is cached
+        assert layer._inference_cache[-1] is cached
         torch.testing.assert_close(first, train_out, atol=1e-5, rtol=1e-5)
         assert torch.equal(first, second)
 
         layer.weight.add_(0.5)  # in-place change invalidates
         changed = layer(x)
-        assert layer._q_cache[-1] is not cached
+        assert layer._inference_cache[-1] is not cached
         assert not torch.allclose(changed, first)
 
         for update in (lambda: layer.weight.data.add_(0.3), lambda: layer.alpha.data.mul_(2)):
@@ -146,13 +146,13 @@ def test_cayley_eval_cache_reused_and_invalidated():
         layer.load_state_dict(other.state_dict())  # so does loading weights
         torch.testing.assert_close(layer(x), other.eval()(x))
     layer.train()
-    assert layer._q_cache is None and layer.cache_bytes() == sum(t.nbytes for t in layer._phase_cache.values())
+    assert layer._inference_cache is None and layer.cache_bytes() == sum(t.nbytes for t in layer._phase_cache.values())
 
 
 def test_cayley_eval_with_weight_gradients_does_not_cache():
     layer = CayleyConv2d(4, 8, 3).eval()
     layer(torch.randn(1, 4, 6, 6)).sum().backward()
-    assert layer._q_cache is None
+    assert layer._inference_cache is None
     assert layer.weight.grad is not None and layer.alpha.grad is not None
 
 
@@ -160,7 +160,7 @@ def test_cayley_gradients_reach_input_through_cache():
     layer = CayleyConv2d(4, 8, 3).eval().requires_grad_(False)
     x = torch.randn(2, 4, 6, 6, requires_grad=True)
     layer(x).square().sum().backward()
-    assert layer._q_cache is not None
+    assert layer._inference_cache is not None
     x2 = x.detach().clone().requires_grad_()
     layer.train()(x2).square().sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
@@ -306,19 +306,19 @@ def test_orthogonium_eval_kernel_is_kept_and_invalidated(cls):
     layer.eval()
     with torch.no_grad():
         first = layer(x)
-        kept = layer._kernel_cache[1]
-        assert torch.equal(layer(x), first) and layer._kernel_cache[1] is kept
+        kept = layer._inference_cache[-1]
+        assert torch.equal(layer(x), first) and layer._inference_cache[-1] is kept
         assert layer.cache_bytes() >= kept.nbytes == 8 * 4 * 3 * 3 * 4
         torch.testing.assert_close(first, recomputed, atol=1e-5, rtol=1e-5)  # AOC: its power iteration moved
         source = next(p for n, p in layer.conv.named_parameters() if n != "bias")
         source.data.add_(0.1 * torch.randn_like(source))  # as an EMA does: through .data
         changed = layer(x)
-        assert layer._kernel_cache[1] is not kept and not torch.allclose(changed, first)
+        assert layer._inference_cache[-1] is not kept and not torch.allclose(changed, first)
         torch.testing.assert_close(changed, layer.conv(x), atol=1e-5, rtol=1e-5)
     layer(x).sum().backward()  # eval, but the weights need gradients: the kernel is recomputed
     assert source.grad is not None
     layer.train()
-    assert layer._kernel_cache is None and layer.cache_bytes() == 0
+    assert layer._inference_cache is None and layer.cache_bytes() == 0
 
 
 def test_aoc_norm_preserved_at_real_size_in_eval():
@@ -328,3 +328,21 @@ def test_aoc_norm_preserved_at_real_size_in_eval():
     with torch.no_grad():
         ratio = norm_ratio(layer, torch.randn(2, 512, 32, 32))
     torch.testing.assert_close(ratio, torch.ones(2), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cls", [CayleyConv2d, AOCConv2d, AOLConv2d])
+def test_a_training_bias_reads_the_kept_map_and_gets_its_gradient(cls):
+    """Every layer keeps its map the same way: only the tensors the map is built from decide
+    (the bias is added at every call), so training the bias alone keeps using the kept map."""
+    torch.manual_seed(6)
+    layer = cls(4, 8, 3).eval()
+    for name, p in layer.named_parameters():
+        p.requires_grad_(name.endswith("bias"))
+    bias = next(p for name, p in layer.named_parameters() if name.endswith("bias"))
+    x = torch.randn(2, 4, 8, 8)
+    layer(x).square().sum().backward()
+    assert layer._inference_cache is not None
+    kept_grad, bias.grad = bias.grad.clone(), None
+    layer.clear_cache()
+    layer.train()(x).square().sum().backward()  # training mode rebuilds the map at the call
+    torch.testing.assert_close(kept_grad, bias.grad, atol=1e-4, rtol=1e-4)

@@ -8,7 +8,7 @@ declares the guarantee it gives, so tests and ``describe`` can measure it.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Callable, ClassVar, Hashable
 
 import torch
 from torch import nn
@@ -22,9 +22,19 @@ class OrthoConv2d(nn.Module):
     ``norm_preserving`` is True when ``||conv(x) - bias|| == ||x||`` for every input
     once ``out_channels >= in_channels`` (semi-orthogonal); False when the layer
     only guarantees ``<=`` (1-Lipschitz).
+
+    The inference cache (one mechanism for every layer): a layer whose map is built from its
+    parameters (Cayley's per-frequency matrices, a parametrized kernel) keeps the built value
+    in eval mode when no gradient can reach the tensors it is built from
+    (:meth:`_cache_sources`; the bias is applied at every call, so a bias that trains does not
+    bypass it), with a snapshot of those tensors' values: a change of value (in place, through
+    ``.data``, by an EMA or ``load_state_dict``) rebuilds it, and ``train()``, ``.to()`` or
+    :meth:`clear_cache` drop it.
     """
 
     norm_preserving: ClassVar[bool] = True
+    # (what the value was built for, the sources' values then, the value)
+    _inference_cache: tuple[Hashable, tuple[torch.Tensor, ...], torch.Tensor] | None = None
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True):
         super().__init__()
@@ -36,13 +46,46 @@ class OrthoConv2d(nn.Module):
         self.out_channels = out_channels
         self.kernel_size = kernel_size
 
+    def _cache_sources(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the kept inference value is built from (none: the layer keeps nothing)."""
+        return ()
+
     def clear_cache(self) -> None:
-        """Drop whatever the layer keeps between inference calls (nothing here; Cayley's
-        orthogonal matrices). The next call rebuilds it."""
+        """Drop whatever the layer keeps between inference calls; the next call rebuilds it."""
+        self._inference_cache = None
 
     def cache_bytes(self) -> int:
         """Bytes the layer keeps between inference calls (what :meth:`clear_cache` frees)."""
-        return 0
+        if self._inference_cache is None:
+            return 0
+        _, snapshot, value = self._inference_cache
+        return value.nbytes + sum(t.nbytes for t in snapshot)
+
+    def train(self, mode: bool = True) -> "OrthoConv2d":
+        if mode:  # training rebuilds the map at every call and never reads the kept one: free it
+            self.clear_cache()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._inference_cache = None  # built on the old device or dtype
+        return super()._apply(fn, *args, **kwargs)
+
+    def _use_cache(self) -> bool:
+        sources_need_grad = any(t.requires_grad for t in self._cache_sources())
+        return not self.training and not (torch.is_grad_enabled() and sources_need_grad)
+
+    def _kept(self, key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The value ``build()`` gives for ``key``, built once while the sources keep their values."""
+        kept = self._inference_cache
+        # compared by value: version counters miss updates through ``.data`` (EMA, in-place loads)
+        if kept is None or kept[0] != key or not all(torch.equal(saved, t) for saved, t in zip(kept[1], self._cache_sources())):
+            self._inference_cache = None  # free the old value before building the new one
+            with torch.no_grad():
+                value = build()
+                # the snapshot is taken after the build: building may move the sources
+                # (orthogonium's power-iteration vectors)
+                self._inference_cache = (key, tuple(t.detach().clone() for t in self._cache_sources()), value)
+        return self._inference_cache[2]
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
@@ -52,49 +95,17 @@ class WrappedConv2d(OrthoConv2d):
     """An orthogonal layer from another library, held as ``self.conv`` (built by the subclass):
     an ``nn.Conv2d`` whose ``weight`` is a torch parametrization, recomputed from the underlying
     parameters at every call (AOC's: Björck iterations on 1024x512 matrices, about 2 s on this
-    CPU at 512 -> 1024 channels, longer than the convolution). In eval mode, when no gradient
-    can reach the layer's parameters, the kernel is computed once and kept (the size of a
-    plain convolution's weight: 19 MB at 512 -> 1024, 3x3) until a parameter's value changes
-    (compared by value: updates through ``.data`` count), ``train()`` or :meth:`clear_cache`."""
+    CPU at 512 -> 1024 channels, longer than the convolution). In eval mode the kernel is
+    computed once and kept (the size of a plain convolution's weight: 19 MB at 512 -> 1024,
+    3x3): :class:`OrthoConv2d`'s inference cache, built from the parametrization's parameters."""
 
     conv: nn.Conv2d
-    _kernel_cache: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None
 
-    def clear_cache(self) -> None:
-        """Drop the kept inference kernel (rebuilt on the next eval call)."""
-        self._kernel_cache = None
-
-    def cache_bytes(self) -> int:
-        if self._kernel_cache is None:
-            return 0
-        saved, kernel = self._kernel_cache
-        return kernel.nbytes + sum(t.nbytes for t in saved)
-
-    def train(self, mode: bool = True) -> "WrappedConv2d":
-        if mode:  # training recomputes the kernel at every call and never reads the kept one
-            self.clear_cache()
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._kernel_cache = None
-        return super()._apply(fn, *args, **kwargs)
-
-    def _use_cache(self) -> bool:
-        weights_need_grad = any(p.requires_grad for p in self.conv.parameters())
-        return not self.training and not (torch.is_grad_enabled() and weights_need_grad)
-
-    def _kernel(self) -> torch.Tensor:
-        sources = tuple(p for name, p in self.conv.named_parameters() if name != "bias")
-        kept = self._kernel_cache
-        if kept is None or not all(torch.equal(saved, p) for saved, p in zip(kept[0], sources)):
-            self._kernel_cache = None  # free the old kernel before building the new one
-            with torch.no_grad():
-                kernel = self.conv.weight.detach().clone()
-                # saved after the kernel: computing it advances orthogonium's power-iteration vectors
-                self._kernel_cache = (tuple(p.detach().clone() for p in sources), kernel)
-        return self._kernel_cache[1]
+    def _cache_sources(self) -> tuple[torch.Tensor, ...]:
+        return tuple(p for name, p in self.conv.named_parameters() if name != "bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._use_cache():
-            return self.conv._conv_forward(x, self._kernel(), self.conv.bias)
+            kernel = self._kept(None, lambda: self.conv.weight.detach().clone())
+            return self.conv._conv_forward(x, kernel, self.conv.bias)
         return self.conv(x)

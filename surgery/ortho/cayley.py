@@ -77,7 +77,6 @@ class CayleyConv2d(OrthoConv2d):
         else:  # a buffer: no optimiser or requires_grad_() can make it learn
             self.register_buffer("alpha", torch.empty((), **factory))
         self._phase_cache: dict[tuple, torch.Tensor] = {}
-        self._q_cache: tuple[tuple, tuple[torch.Tensor, ...], torch.Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -89,31 +88,15 @@ class CayleyConv2d(OrthoConv2d):
             self.alpha.copy_(self.weight.norm() if self.fixed_scale is None else torch.tensor(self.fixed_scale))
 
     # ------------------------------------------------------------------ caching
-    def clear_cache(self) -> None:
-        """Drop the cached inference matrices (they are rebuilt on the next eval forward)."""
-        self._q_cache = None
+    def _cache_sources(self) -> tuple[torch.Tensor, ...]:
+        return (self.weight, self.alpha)
 
     def cache_bytes(self) -> int:
-        kept = [] if self._q_cache is None else [*self._q_cache[1], self._q_cache[2]]
-        return sum(t.nbytes for t in (*kept, *self._phase_cache.values()))
-
-    def train(self, mode: bool = True) -> "CayleyConv2d":
-        if mode:  # training changes the weights and never reads the cache: free it
-            self.clear_cache()
-        return super().train(mode)
+        return super().cache_bytes() + sum(t.nbytes for t in self._phase_cache.values())
 
     def _apply(self, fn, *args, **kwargs):
-        self._q_cache = None
         self._phase_cache = {}
         return super()._apply(fn, *args, **kwargs)
-
-    def _weights_unchanged(self, snapshot: tuple[torch.Tensor, ...]) -> bool:
-        # compared by value: version counters miss updates through ``.data`` (EMA, in-place loads)
-        return all(torch.equal(saved, p) for saved, p in zip(snapshot, (self.weight, self.alpha)))
-
-    def _use_cache(self) -> bool:
-        weights_need_grad = self.weight.requires_grad or self.alpha.requires_grad
-        return not self.training and not (torch.is_grad_enabled() and weights_need_grad)
 
     # ------------------------------------------------------------ frequency math
     def _phases(self, height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -210,18 +193,9 @@ class CayleyConv2d(OrthoConv2d):
             return torch.cat([2 * inverse - eye, -2 * (inverse @ v_freq.mT)], dim=2)
         return torch.cat([2 * inverse - eye, -2 * (v_freq @ inverse)], dim=1)
 
-    def _cached_matrices(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        key = (height, width, str(device))
-        if self._q_cache is None or self._q_cache[0] != key or not self._weights_unchanged(self._q_cache[1]):
-            self._q_cache = None  # free the old matrices before building new ones
-            with torch.no_grad():
-                snapshot = (self.weight.detach().clone(), self.alpha.detach().clone())
-                self._q_cache = (key, snapshot, self.orthogonal_matrices(height, width))
-        return self._q_cache[2]
-
     def _forward_cached(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        q = self._cached_matrices(height, width, x.device)
+        q = self._kept((height, width, str(x.device)), lambda: self.orthogonal_matrices(height, width))
         return _from_frequency(q @ _to_frequency(x), height, width)
 
     def _forward_solve(self, x: torch.Tensor) -> torch.Tensor:
