@@ -172,13 +172,16 @@ def _validate(network: nn.Module, loader: DataLoader, device: torch.device, auto
             predictions.append(_scores(network, images.to(device)).cpu())
         targets.append(target.reshape(-1).float())
     p, t = torch.cat(predictions), torch.cat(targets)
-    return {"val_srocc": metrics.srocc(p, t), "val_plcc": metrics.plcc(p, t)}
+    return {"val_srocc": metrics.srocc(p, t), "val_plcc": metrics.plcc(p, t),
+            "val_score_min": float(p.min()), "val_score_max": float(p.max())}
 
 
 class _AttackCheck:
     """The mean absolute score change random-start PGD-10 (either direction) finds within
     ``eps`` on fixed validation images, the model as at inference, on its own random stream
-    (the training's is left as it was)."""
+    (the training's is left as it was), as a fraction of the epoch's own validation score
+    range: a fine-tune that squashes its scores toward their mean shrinks every raw change,
+    and in raw units that squash could hide a jump."""
 
     steps = 10
     overfit_factor = 2.0  # a gain this many times the lowest so far flags the epoch
@@ -188,15 +191,17 @@ class _AttackCheck:
         self.attack = PGD(eps=eps, steps=self.steps, random_start=True)
         self.seed = seed
 
-    def gain(self, network: nn.Module, device: torch.device, autocast) -> float:
+    def gain(self, network: nn.Module, device: torch.device, autocast, score_range: tuple[float, float]) -> float:
         network.eval()
+        spread = score_range[1] - score_range[0]
+        spread = spread if spread > 0 else 1.0  # every validation score equal: nothing to scale by
         images = self.images.to(device)
         score = functools.partial(_scores, network)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast():
             torch.manual_seed(self.seed)
             attacked = self.attack.run(score, images, direction="away")
             with torch.no_grad():
-                return float((score(attacked) - score(images)).abs().mean())
+                return float((score(attacked) - score(images)).abs().mean()) / spread
 
     def overfit(self, gain: float, history: list[dict]) -> bool:
         """Whether ``gain`` is more than ``overfit_factor`` times the lowest of the earlier epochs'."""
@@ -393,8 +398,10 @@ def finetune(
             BatchNorm layers with no trained parameter keep their running statistics.
         attack_check_images: with ``val`` and a defence that attacks (``attack_budget()``),
             how many validation images random-start PGD-10 attacks after every epoch
-            (``val_attack_gain`` and its ``attack_check_seconds``, apart from the epoch's
-            ``seconds``, in the history; 0: no check). An epoch whose gain is more than
+            (``val_attack_gain``, the mean score change as a fraction of the epoch's own
+            validation score range ``val_score_min`` .. ``val_score_max``, and its
+            ``attack_check_seconds``, apart from the epoch's ``seconds``, in the history;
+            0: no check). An epoch whose gain is more than
             twice the lowest so far is flagged ``overfit`` (catastrophic overfitting), warned
             about and not chosen as the best. The check changes no weight and no random draw
             of the training.
@@ -464,14 +471,15 @@ def finetune(
             record["seconds"] = time.perf_counter() - started
             if check is not None:
                 started = time.perf_counter()
-                record["val_attack_gain"] = check.gain(plain_network, device, step.autocast)
+                own_range = (record["val_score_min"], record["val_score_max"])
+                record["val_attack_gain"] = check.gain(plain_network, device, step.autocast, own_range)
                 record["attack_check_seconds"] = time.perf_counter() - started
                 if check.overfit(record["val_attack_gain"], result.history):
                     record["overfit"] = True
                     warnings.warn(
                         f"finetune: catastrophic overfitting at epoch {epoch + 1}? PGD-{check.steps} moves the validation "
-                        f"scores by {record['val_attack_gain']:.4g}, over {check.overfit_factor:g}x the lowest earlier epoch's: "
-                        "the defence's few-step attack no longer finds what a stronger one does; this epoch is not chosen "
+                        f"scores by {record['val_attack_gain']:.4g} of their range, over {check.overfit_factor:g}x the lowest "
+                        "earlier epoch's: the defence's few-step attack no longer finds what a stronger one does; this epoch is not chosen "
                         "as the best (use more attack steps, a smaller lr, or stop earlier)",
                         stacklevel=3,
                     )

@@ -50,6 +50,17 @@ class TinyIQA(nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean((2, 3))).squeeze(-1)
 
 
+class Scaled(nn.Module):
+    """``factor`` times ``model``'s scores: the same ranking, a squashed (factor < 1) range."""
+
+    def __init__(self, model, factor):
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x):
+        return self.factor * self.model(x)
+
+
 class BatchNormIQA(nn.Module):
     """Conv, BatchNorm, dropout and a linear head: a model whose train mode changes
     its scores and its buffers, to catch code that measures it in the wrong mode."""

@@ -11,7 +11,7 @@ from surgery.defenses import (
 )
 from surgery.training import finetune
 from surgery.losses import mse
-from tests.models import BatchNormIQA, SmallCNN, TinyIQA, assert_unchanged, snapshot
+from tests.models import BatchNormIQA, Scaled, SmallCNN, TinyIQA, assert_unchanged, snapshot
 
 
 def input_gradient_norm(model, images):
@@ -113,15 +113,6 @@ def test_consistency_penalty_is_the_squared_gap():
     penalty = defense.loss(model, images, targets, mse)
     expected = 2.0 * (model(adversarial) - model(images)).square().mean()
     assert penalty.item() == pytest.approx(expected.item(), rel=1e-4)
-
-
-class Scaled(nn.Module):
-    def __init__(self, model, factor):
-        super().__init__()
-        self.model, self.factor = model, factor
-
-    def forward(self, x):
-        return self.factor * self.model(x)
 
 
 @pytest.mark.parametrize("cls,ratio", [(ConsistencyTraining, 0.25), (OwnSpreadConsistencyTraining, 1.0)])

@@ -1,4 +1,5 @@
 """Fine-tuning: learns, keeps the best weights, resumes, is repeatable, runs under DDP."""
+import contextlib
 import os
 
 import pytest
@@ -9,8 +10,8 @@ import torch.multiprocessing as mp
 import surgery
 from surgery import metrics, training
 from surgery.defenses import AdversarialTraining, ConsistencyTraining, NormRegularization
-from surgery.training import finetune
-from tests.models import BatchNormIQA, TinyIQA, assert_unchanged, snapshot
+from surgery.training import as_dataset, finetune
+from tests.models import BatchNormIQA, Scaled, TinyIQA, assert_unchanged, snapshot
 
 
 def toy_split(n=48, seed=0):
@@ -342,7 +343,7 @@ def test_an_epoch_whose_attack_gain_jumps_is_flagged_and_not_chosen(monkeypatch)
     about, and the model ends with epoch 1's weights."""
     train, val = toy_split()
     gains = iter([0.1, 0.25])
-    monkeypatch.setattr(training._AttackCheck, "gain", lambda self, network, device, autocast: next(gains))
+    monkeypatch.setattr(training._AttackCheck, "gain", lambda self, network, device, autocast, score_range: next(gains))
     scores = iter([0.5, 0.9])
     validate = training._validate
     monkeypatch.setattr(training, "_validate", lambda *a: {**validate(*a), "val_srocc": next(scores)})
@@ -353,6 +354,25 @@ def test_an_epoch_whose_attack_gain_jumps_is_flagged_and_not_chosen(monkeypatch)
                           defense=ConsistencyTraining(steps=1))
     assert [h.get("overfit", False) for h in result.history] == [False, True]
     assert result.best_epoch == 1 and result.best_srocc == 0.5
+
+
+def test_the_attack_check_measures_in_the_epochs_own_score_range():
+    """A model that only squashes its scores (half the spread) is no harder to fool: the
+    check's gain is the same fraction of each one's own validation range (raw, it halves)."""
+    _, val = toy_split()
+    torch.manual_seed(0)
+    model = TinyIQA().eval()
+    squashed = Scaled(model, 0.5)
+    check = training._AttackCheck(as_dataset(val, "val"), 8, eps=4 / 255, seed=0)
+    no_autocast = contextlib.nullcontext
+    gains = []
+    for network in (model, squashed):
+        with torch.no_grad():
+            clean = network(val[0])
+        own_range = (float(clean.min()), float(clean.max()))
+        gains.append(check.gain(network, torch.device("cpu"), no_autocast, own_range))
+    assert gains[0] > 0
+    assert gains[1] == pytest.approx(gains[0], rel=1e-5)
 
 
 def test_the_attack_check_needs_a_defence_that_attacks_and_a_sane_count():
