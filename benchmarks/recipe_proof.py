@@ -49,6 +49,7 @@ import os
 import time
 
 import numpy as np
+import torch
 
 import surgery
 from surgery.evaluation import model_digest
@@ -83,7 +84,8 @@ def attack_summary(name: str, model, data: dict, cache: str, args, original) -> 
     summary = attack_table(name, model, data, os.path.join(cache, "eval"), args.attacks, args.strong, score_range,
                            channels_last=True, progress=True, batch_size=args.eval_batch).summaries[0]  # hours of attacks: show them
     images = hashlib.sha1(image_fingerprints(data["attack"][0]).numpy().tobytes()).hexdigest()[:10]
-    settings = f"{args.masking_steps}-{args.queries}-b{args.eval_batch}-{images}"
+    batch = "" if args.eval_batch == 8 else f"-b{args.eval_batch}"  # random starts are drawn per batch
+    settings = f"{args.masking_steps}-{args.queries}{batch}-{images}"
     path = os.path.join(cache, "masking", f"{name.replace(' ', '-')}-{settings}-{model_digest(model)}.json")
     if os.path.isfile(path):
         with open(path) as file:
@@ -189,7 +191,8 @@ def prove(model_name: str, data: dict, header: list[str], args) -> None:
         for row in args.rows:
             name = f"{model_name} {row} s{seed}"
             # named by what trains, so a changed recipe starts afresh instead of meeting a refused checkpoint
-            folder = os.path.join(cache, "tune", f"{row}-{row_recipe(row).training_digest()}-{data_tag(data)}-s{seed}")
+            device = "" if args.device == "cpu" else f"-{torch.device(args.device).type}"  # a GPU trains in autocast
+            folder = os.path.join(cache, "tune", f"{row}-{row_recipe(row).training_digest()}-{data_tag(data)}{device}-s{seed}")
             model, result = train_row(row, base, data, seed, folder)
             model.eval()
             if result.calibration is not None:

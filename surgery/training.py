@@ -41,7 +41,7 @@ from .defenses.base import Defense, TrainingScore
 from .files import atomic_save
 from . import modelfile
 from .losses import get_loss
-from .modes import frozen, memory_layout, preserved_modes, state_copy
+from .modes import frozen, measuring, memory_layout, preserved_modes, state_copy
 
 __all__ = ["finetune", "FinetuneResult"]
 
@@ -181,7 +181,9 @@ class _AttackCheck:
     ``eps`` on fixed validation images, the model as at inference, on its own random stream
     (the training's is left as it was), as a fraction of the epoch's own validation score
     range: a fine-tune that squashes its scores toward their mean shrinks every raw change,
-    and in raw units that squash could hide a jump."""
+    and in raw units that squash could hide a jump. The model is attacked frozen (no
+    gradient to its weights), so the check moves no state: an orthogonal layer reads its kept
+    map instead of re-running its parametrization (AOC's power iteration)."""
 
     steps = 10
     overfit_factor = 2.0  # a gain this many times the lowest so far flags the epoch
@@ -192,21 +194,24 @@ class _AttackCheck:
         self.seed = seed
 
     def gain(self, network: nn.Module, device: torch.device, autocast, score_range: tuple[float, float]) -> float:
-        network.eval()
+        """The mean change over ``score_range``'s width; NaN when the range is empty (every
+        validation score equal: nothing to measure a change against)."""
         spread = score_range[1] - score_range[0]
-        spread = spread if spread > 0 else 1.0  # every validation score equal: nothing to scale by
         images = self.images.to(device)
         score = functools.partial(_scores, network)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast():
+        with measuring(network), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast():
             torch.manual_seed(self.seed)
             attacked = self.attack.run(score, images, direction="away")
             with torch.no_grad():
-                return float((score(attacked) - score(images)).abs().mean()) / spread
+                change = float((score(attacked) - score(images)).abs().mean())
+        return change / spread if spread > 0 else float("nan")
 
     def overfit(self, gain: float, history: list[dict]) -> bool:
-        """Whether ``gain`` is more than ``overfit_factor`` times the lowest of the earlier epochs'."""
-        earlier = [h["val_attack_gain"] for h in history if "val_attack_gain" in h]
-        return bool(earlier) and gain > self.overfit_factor * min(earlier)
+        """Whether ``gain`` is more than ``overfit_factor`` times the lowest of the earlier epochs'
+        measured the same way (in their own range: a history resumed from a checkpoint written
+        before the check was, holds raw changes, which are not compared)."""
+        earlier = [h["val_attack_gain"] for h in history if "val_score_max" in h and math.isfinite(h.get("val_attack_gain", math.nan))]
+        return bool(earlier) and math.isfinite(gain) and gain > self.overfit_factor * min(earlier)
 
 
 class _Loaders:

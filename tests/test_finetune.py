@@ -1,11 +1,13 @@
 """Fine-tuning: learns, keeps the best weights, resumes, is repeatable, runs under DDP."""
 import contextlib
+import math
 import os
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch import nn
 
 import surgery
 from surgery import metrics, training
@@ -333,7 +335,7 @@ def test_an_attacking_defence_is_checked_every_epoch_without_changing_the_traini
                           attack_check_images=count)
         runs.append((model, result.history))
     (checked, checked_history), (unchecked, unchecked_history) = runs
-    assert all(h["val_attack_gain"] > 0 for h in checked_history)
+    assert all(h["val_attack_gain"] > 0 and h["val_score_min"] < h["val_score_max"] for h in checked_history)
     assert all("val_attack_gain" not in h for h in unchecked_history)
     assert_unchanged(checked, snapshot(unchecked))
 
@@ -373,6 +375,39 @@ def test_the_attack_check_measures_in_the_epochs_own_score_range():
         gains.append(check.gain(network, torch.device("cpu"), no_autocast, own_range))
     assert gains[0] > 0
     assert gains[1] == pytest.approx(gains[0], rel=1e-5)
+
+
+def test_the_attack_check_compares_only_gains_measured_alike():
+    """A history resumed from a checkpoint written before the check used the own range holds raw
+    changes: they are not compared; an empty range gives NaN, which flags nothing."""
+    _, val = toy_split()
+    check = training._AttackCheck(as_dataset(val, "val"), 4, eps=4 / 255, seed=0)
+    old = [{"val_attack_gain": 0.01}]  # raw units, no val_score_max
+    assert not check.overfit(0.5, old)
+    measured = [{"val_attack_gain": 0.1, "val_score_min": 0.0, "val_score_max": 1.0}]
+    assert check.overfit(0.25, old + measured) and not check.overfit(0.15, old + measured)
+    assert math.isnan(check.gain(TinyIQA(), torch.device("cpu"), contextlib.nullcontext, (0.5, 0.5)))
+    assert not check.overfit(float("nan"), measured)
+
+
+def test_the_attack_check_moves_no_state_of_an_aoc_layer():
+    """AOC's parametrization runs a power iteration whose vectors are parameters: attacked with
+    gradients to its weights it would move them at every step; the check attacks it frozen, so
+    it reads the map the epoch's validation kept and moves nothing."""
+    from surgery.ortho import AOCConv2d
+
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), AOCConv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(1), nn.Flatten(0))
+    network(torch.rand(1, 3, 8, 8))
+    with torch.no_grad():
+        network.eval()(torch.rand(1, 3, 8, 8))  # the epoch's validation: the map is kept
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    flags = [p.requires_grad for p in network.parameters()]
+    _, val = toy_split()
+    check = training._AttackCheck(as_dataset(val, "val"), 4, eps=4 / 255, seed=0)
+    assert check.gain(network, torch.device("cpu"), contextlib.nullcontext, (0.0, 1.0)) > 0
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+    assert [p.requires_grad for p in network.parameters()] == flags
 
 
 def test_the_attack_check_needs_a_defence_that_attacks_and_a_sane_count():

@@ -346,3 +346,16 @@ def test_a_training_bias_reads_the_kept_map_and_gets_its_gradient(cls):
     layer.clear_cache()
     layer.train()(x).square().sum().backward()  # training mode rebuilds the map at the call
     torch.testing.assert_close(kept_grad, bias.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_a_map_first_kept_under_autocast_is_kept_at_full_precision():
+    """The kept map outlives the call that built it: built under bfloat16 autocast it would break
+    (or degrade) every later full-precision call."""
+    torch.manual_seed(7)
+    layer = AOCConv2d(4, 8, 3).eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+        assert layer._inference_cache[-1].dtype == torch.float32
+        torch.testing.assert_close(layer(x), layer.conv(x), atol=1e-5, rtol=1e-5)

@@ -80,7 +80,10 @@ class OrthoConv2d(nn.Module):
         # compared by value: version counters miss updates through ``.data`` (EMA, in-place loads)
         if kept is None or kept[0] != key or not all(torch.equal(saved, t) for saved, t in zip(kept[1], self._cache_sources())):
             self._inference_cache = None  # free the old value before building the new one
-            with torch.no_grad():
+            sources = self._cache_sources()
+            device_type = sources[0].device.type if sources else "cpu"
+            # built at full precision whatever autocast the first call ran under: the value outlives it
+            with torch.no_grad(), torch.autocast(device_type, enabled=False):
                 value = build()
                 # the snapshot is taken after the build: building may move the sources
                 # (orthogonium's power-iteration vectors)
@@ -106,6 +109,7 @@ class WrappedConv2d(OrthoConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._use_cache():
-            kernel = self._kept(None, lambda: self.conv.weight.detach().clone())
+            # keyed by device: replicas (nn.DataParallel) share the module's attributes
+            kernel = self._kept(str(x.device), lambda: self.conv.weight.detach().clone())
             return self.conv._conv_forward(x, kernel, self.conv.bias)
         return self.conv(x)
