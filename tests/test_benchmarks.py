@@ -123,3 +123,29 @@ def test_train_scratch_writes_weights_the_zoo_loads(tmp_path, labels):
     assert record["state_dict"]["backbone.bn1.num_batches_tracked"].dtype == torch.int64
     model = load_scratch_weights(surgery.create_model("resnet18-scratch"), out)
     assert model.score_range == tuple(record["score_range"])
+
+
+def test_pack_nips_writes_the_references_the_loader_reads_back_rounded(tmp_path):
+    """The packed copy holds each resized reference rounded to 8 bits, and nothing else."""
+    import numpy as np
+    from PIL import Image
+
+    from surgery.data import NIPS2017
+
+    source = tmp_path / "nips"
+    os.makedirs(source / "images")
+    rows = ["ImageId,URL,License,Author\n"]
+    for name in ("aa", "bb"):
+        pixels = np.random.default_rng(len(rows)).integers(0, 256, (30, 30, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(source / "images" / f"{name}.png")
+        rows.append(f"{name},http://example.invalid/{name},CC-BY,someone\n")
+    (source / "images.csv").write_text("".join(rows))
+    out = tmp_path / "packed"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "pack_nips.py"), "--data", str(source), "--size", "16",
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resized, packed = NIPS2017(source, size=(16, 16)), NIPS2017(out, size=(16, 16))
+    assert packed.ids == resized.ids == ["aa", "bb"] and sorted(os.listdir(out / "images")) == ["aa.webp", "bb.webp"]
+    for i in range(2):
+        assert torch.equal(packed[i], (resized[i] * 255).round() / 255)
