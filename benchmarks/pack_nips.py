@@ -17,7 +17,7 @@ from PIL import Image
 
 from surgery.data import NIPS2017
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nips2017")
+from train_default import SHARED
 
 
 def main() -> None:

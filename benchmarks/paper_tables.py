@@ -75,7 +75,8 @@ from surgery.recipes import RECIPES
 from surgery.report import plot_curves, plot_tradeoff
 from surgery.zoo.default import DEFAULT_WEIGHTS, trained_prefixes
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nips2017")
+from train_default import SHARED
+
 STAGES = 7  # EfficientNet-Lite0 stages: backbone.blocks.0 .. 6
 BUDGET = 8 / 255  # the masking checks' budget
 # the variant ``trades``' consistency training: the comparison's (eps 4/255, 3 steps on every image,

@@ -63,6 +63,7 @@ ATTACKS = ("pgd-1", "pgd-8", "pgd-50-rs")  # raising the score
 STRONG = ("apgd-50",)  # raising and lowering it
 ROWS = ("robust", "control")
 GOAL_KEPT, GOAL_RATIO = 0.99, 0.50
+EVAL_BATCH = 8  # surgery.evaluate's own batch size: the cache keys name a batch only when it differs
 
 
 def row_recipe(row: str) -> Recipe:
@@ -84,7 +85,7 @@ def attack_summary(name: str, model, data: dict, cache: str, args, original) -> 
     summary = attack_table(name, model, data, os.path.join(cache, "eval"), args.attacks, args.strong, score_range,
                            channels_last=True, progress=True, batch_size=args.eval_batch).summaries[0]  # hours of attacks: show them
     images = hashlib.sha1(image_fingerprints(data["attack"][0]).numpy().tobytes()).hexdigest()[:10]
-    batch = "" if args.eval_batch == 8 else f"-b{args.eval_batch}"  # random starts are drawn per batch
+    batch = "" if args.eval_batch == EVAL_BATCH else f"-b{args.eval_batch}"  # random starts are drawn per batch
     settings = f"{args.masking_steps}-{args.queries}{batch}-{images}"
     path = os.path.join(cache, "masking", f"{name.replace(' ', '-')}-{settings}-{model_digest(model)}.json")
     if os.path.isfile(path):
@@ -152,7 +153,7 @@ def main() -> None:
     parser.add_argument("--masking-steps", type=int, default=50, help="APGD steps of the masking checks")
     parser.add_argument("--queries", type=int, default=500, help="Square queries of the black-box masking check")
     parser.add_argument("--device", default="cpu", help="where the models train and are attacked (e.g. cuda)")
-    parser.add_argument("--eval-batch", type=int, default=8, help="images per batch of the attacks and checks")
+    parser.add_argument("--eval-batch", type=int, default=EVAL_BATCH, help="images per batch of the attacks and checks")
     parser.add_argument("--cache", default=".cache/proof")
     parser.add_argument("--out", default="outputs/proof")
     args = parse_with_data(parser)

@@ -29,7 +29,7 @@ from surgery.files import atomic_save
 from surgery.scoring import scores
 from surgery.zoo.scratch import SCRATCH_WEIGHTS, load_scratch_weights
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nips2017")
+from train_default import SHARED
 
 
 class Standardised(Dataset):

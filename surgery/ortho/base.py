@@ -76,18 +76,17 @@ class OrthoConv2d(nn.Module):
 
     def _kept(self, key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The value ``build()`` gives for ``key``, built once while the sources keep their values."""
-        kept = self._inference_cache
+        kept, sources = self._inference_cache, self._cache_sources()
         # compared by value: version counters miss updates through ``.data`` (EMA, in-place loads)
-        if kept is None or kept[0] != key or not all(torch.equal(saved, t) for saved, t in zip(kept[1], self._cache_sources())):
+        if kept is None or kept[0] != key or not all(torch.equal(saved, t) for saved, t in zip(kept[1], sources)):
             self._inference_cache = None  # free the old value before building the new one
-            sources = self._cache_sources()
             device_type = sources[0].device.type if sources else "cpu"
             # built at full precision whatever autocast the first call ran under: the value outlives it
             with torch.no_grad(), torch.autocast(device_type, enabled=False):
                 value = build()
-                # the snapshot is taken after the build: building may move the sources
-                # (orthogonium's power-iteration vectors)
-                self._inference_cache = (key, tuple(t.detach().clone() for t in self._cache_sources()), value)
+                # the snapshot is taken after the build: building may move the sources' values
+                # in place (orthogonium's power-iteration vectors)
+                self._inference_cache = (key, tuple(t.detach().clone() for t in sources), value)
         return self._inference_cache[2]
 
     def extra_repr(self) -> str:
