@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import time
@@ -71,6 +72,7 @@ from surgery.blocks import PooledSize
 from surgery.data import NIPS2017, SyntheticIQA
 from surgery.defenses import AdversarialTraining, ConsistencyTraining, NormRegularization, replace_activations
 from surgery.files import atomic_write_text
+from surgery.fingerprint import image_fingerprints
 from surgery.recipes import RECIPES
 from surgery.report import plot_curves, plot_tradeoff
 from surgery.zoo.default import DEFAULT_WEIGHTS, trained_prefixes
@@ -110,6 +112,11 @@ def load_data(args) -> dict:
         "attack": (eval_images[pick], eval_mos[pick]),
         "attack_subset": pick,
     }
+
+
+def attacked_tag(data: dict) -> str:
+    """A digest of the attacked images, which names their caches."""
+    return hashlib.sha1(image_fingerprints(data["attack"][0]).numpy().tobytes()).hexdigest()[:10]
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, eval_references: int, attack_images: int) -> None:
@@ -314,6 +321,8 @@ def attack_table(name, model, data, cache, attacks=("pgd-1", "pgd-8", "uap", "st
     (``score_range``: that range when the caller has it already, else :func:`own_range`). A
     lowering attack's AbsGain is negative; its summary keeps the size (``"<attack> down abs_gain_auc"``)."""
     score_range = own_range(model, data["eval"][0]) if score_range is None else score_range
+    # evaluate's cache refuses another set of attacked images: each set (--attack-images) has its own folder
+    cache = f"{cache}-{attacked_tag(data)}"
     options = {"score_range": score_range, "name": name, "progress": False, "cache": cache, **evaluate_options}
     table = surgery.evaluate(model, *data["eval"], attacks=[*attacks, *strong], attack_subset=data["attack_subset"], **options)
     rows, summary = list(table.rows), dict(table.summaries[0])

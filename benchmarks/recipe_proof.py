@@ -30,8 +30,9 @@ The data options (``--tune-steps``, ``--epochs``, ``--batch``, ``--val-images``:
 only choose the images: ``robustify`` trains with its recipe's own epochs, lr and batch.
 Everything is cached under ``--cache`` (fine-tune checkpoints, attacked scores, masking
 tables; a fine-tune's folder is named by its recipe's
-:meth:`~surgery.recipes.Recipe.training_digest`): a run that stops continues where it was; rows are written to ``<out>/<model>.md`` as
-they finish.
+:meth:`~surgery.recipes.Recipe.training_digest`, the attacked scores' and masking tables' by
+the attacked images, so ``--attack-images 64`` after 16 keeps both and reuses the fine-tunes):
+a run that stops continues where it was; rows are written to ``<out>/<model>.md`` as they finish.
 
     python benchmarks/recipe_proof.py [--models default] [--seeds 0 1 2] [--attack-images 64]
     python benchmarks/recipe_proof.py --models default-lite2 resnet18-scratch --seeds 0
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -54,10 +54,9 @@ import torch
 import surgery
 from surgery.evaluation import model_digest
 from surgery.files import atomic_write_text
-from surgery.fingerprint import image_fingerprints
 from surgery.recipes import RECIPES, Recipe
 
-from paper_tables import add_data_arguments, attack_table, data_tag, load_data, own_range, parse_with_data
+from paper_tables import add_data_arguments, attack_table, attacked_tag, data_tag, load_data, own_range, parse_with_data
 
 ATTACKS = ("pgd-1", "pgd-8", "pgd-50-rs")  # raising the score
 STRONG = ("apgd-50",)  # raising and lowering it
@@ -84,9 +83,8 @@ def attack_summary(name: str, model, data: dict, cache: str, args, original) -> 
     score_range = own_range(model, data["eval"][0])  # the model's own, for its attacks and its masking checks
     summary = attack_table(name, model, data, os.path.join(cache, "eval"), args.attacks, args.strong, score_range,
                            channels_last=True, progress=True, batch_size=args.eval_batch).summaries[0]  # hours of attacks: show them
-    images = hashlib.sha1(image_fingerprints(data["attack"][0]).numpy().tobytes()).hexdigest()[:10]
     batch = "" if args.eval_batch == EVAL_BATCH else f"-b{args.eval_batch}"  # random starts are drawn per batch
-    settings = f"{args.masking_steps}-{args.queries}{batch}-{images}"
+    settings = f"{args.masking_steps}-{args.queries}{batch}-{attacked_tag(data)}"
     path = os.path.join(cache, "masking", f"{name.replace(' ', '-')}-{settings}-{model_digest(model)}.json")
     if os.path.isfile(path):
         with open(path) as file:

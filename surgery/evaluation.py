@@ -36,6 +36,8 @@ from .modes import measuring, memory_layout
 from .files import atomic_save, atomic_write_text
 from .fingerprint import image_fingerprints, model_fingerprint, update_digest
 
+BATCH_SIZE = 8  # evaluate's default: cache keys name another batch size, not this one
+
 __all__ = ["evaluate", "compare", "Table", "AttackSpec", "DEFAULT_ATTACKS", "MSU_PROTOCOL", "resolve_attacks"]
 
 AttackSpec = Union[str, Attack]
@@ -180,7 +182,7 @@ def _format(value, csv: bool = False) -> str:
 
 class _Cache:
     """Per-image attacked scores on disk, saved after every batch; keyed by the model's name and
-    weights and the attack's name and settings, and matched image by image (each score is
+    weights, the attack's name and settings, the batch size and the kind of device, and matched image by image (each score is
     stored with a fingerprint of the image it was made on). Under a process group each rank
     writes its own file and every file of a key is read, so a run resumes with any number of
     processes."""
@@ -327,7 +329,7 @@ def evaluate(
     train_images: ImageData | None = None,
     direction: str | Sequence[str] = "up",
     attack_subset: Sequence[int] | torch.Tensor | None = None,
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     num_workers: int = 0,
     cache: str | os.PathLike | None = None,
     name: str = "model",
@@ -407,12 +409,13 @@ def evaluate(
         )
     # attack names build fresh attacks per direction (a UAP is fitted for each)
     runs = [(direction, *run) for direction in directions for run in resolve_attacks(attacks, eps_grid, seed)]
+    setting = _run_setting(stream.batch_size, model_device(model))
     keyed = []
     for direction, attack_name, eps, attack in runs:
         if isinstance(attack, UAP) and attack.perturbation is None:
             _fit_uap(attack, model, train_images, stream, picked, direction, batch_size, num_workers)
         key = attack_name if eps is None else f"{attack_name}-eps{eps * 255:g}"
-        keyed.append((direction, f"{key}-{direction}-{attack_digest(attack)}", attack))
+        keyed.append((direction, f"{key}-{direction}-{attack_digest(attack)}{setting}", attack))
     store = _Cache(cache, name, model, picked.numel())
     total = len(runs) * stream.share(picked)
     show = progress and distributed.rank() == 0
@@ -451,6 +454,13 @@ def evaluate(
             summary[f"{attack_name} srocc{at}"] = strongest["srocc"]
             summary[f"{attack_name} plcc{at}"] = strongest["plcc"]
     return Table(rows=rows, summaries=[summary])
+
+
+def _run_setting(batch_size: int, device: torch.device) -> str:
+    """What a cache key adds for the batch size and the device: random starts are drawn per
+    batch and a GPU's arithmetic is not the CPU's, so a score attacked under other ones is not
+    the score this call computes. Empty for evaluate's defaults (8, CPU), the keys of older caches."""
+    return ("" if batch_size == BATCH_SIZE else f"-b{batch_size}") + ("" if device.type == "cpu" else f"-{device.type}")
 
 
 def _directions(direction: str | Sequence[str]) -> list[str]:

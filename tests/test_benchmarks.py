@@ -72,6 +72,13 @@ def test_recipe_proof_measures_robustify_against_the_original_and_a_control(tmp_
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert again.returncode == 0 and "epoch 1/" not in again.stderr
     assert (tmp_path / "out" / "default.md").read_text() == report
+    # more attacked images: their scores are cached beside the first set's, the fine-tunes reused
+    more = list(command)
+    more[more.index("--attack-images") + 1] = "3"
+    wider = subprocess.run(more, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert wider.returncode == 0 and "epoch 1/" not in wider.stderr, wider.stderr[-3000:]
+    assert "3 of them attacked" in (tmp_path / "out" / "default.md").read_text()
+    assert len(list((tmp_path / "cache" / "default").glob("eval-*"))) == 2
 
 
 @pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")

@@ -94,7 +94,8 @@ def test_interrupted_sweep_resumes_from_cache(data, tmp_path, monkeypatch):
         assert a == pytest.approx(b)
 
     with pytest.raises(ValueError, match="other images"):
-        evaluate(model, torch.rand(6, 3, 12, 12), attacks=["pgd-1"], eps_grid=(2 / 255,), cache=tmp_path, progress=False)
+        evaluate(model, torch.rand(6, 3, 12, 12), attacks=["pgd-1"], eps_grid=(2 / 255,), batch_size=2, cache=tmp_path,
+                 progress=False)
 
 
 def test_cache_is_keyed_by_weights_settings_and_direction(data, tmp_path):
@@ -112,6 +113,23 @@ def test_cache_is_keyed_by_weights_settings_and_direction(data, tmp_path):
     )
     down = run(model, attacks=["pgd-1"], direction="down")
     assert down.rows[1]["attack"] == "pgd-1 down" and down.rows[1]["abs_gain"] < 0
+
+
+def test_cache_is_keyed_by_batch_size(data, tmp_path, monkeypatch):
+    images, mos = data
+    model = TinyIQA().eval()
+    calls = []
+    real_call = PGD.__call__
+    monkeypatch.setattr(PGD, "__call__", lambda self, *a, **k: (calls.append(1), real_call(self, *a, **k))[1])
+    run = lambda size: evaluate(model, images, mos, attacks=["pgd-4-rs"], eps_grid=(4 / 255,), batch_size=size,  # noqa: E731
+                                cache=tmp_path, progress=False)
+    by_two = run(2)
+    calls.clear()
+    by_three = run(3)  # random starts are drawn per batch: another batch size is another result
+    assert len(calls) == 2
+    assert by_three.rows == evaluate(model, images, mos, attacks=["pgd-4-rs"], eps_grid=(4 / 255,), batch_size=3, progress=False).rows
+    calls.clear()
+    assert run(2).rows == by_two.rows and not calls
 
 
 def test_both_directions_in_one_call_equal_one_call_each(data):
