@@ -12,6 +12,7 @@ float16 and the test numbers (SROCC / PLCC on the 120 held-out references) are m
 the model loaded back from the file.
 
     python benchmarks/train_scratch.py [--epochs 16] [--crop 128] [--cache .cache/scratch] [--out surgery/zoo/weights/resnet18-scratch.pt]
+    python benchmarks/train_scratch.py --device cuda --workers 8     # on a GPU machine
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where it trains (cuda: bfloat16 autocast and channels-last, finetune's defaults there)")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes (the distortions are made on the fly)")
     parser.add_argument("--cache", default=".cache/scratch")
     parser.add_argument("--out", default=SCRATCH_WEIGHTS)
     args = parser.parse_args()
@@ -84,11 +87,14 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     model = surgery.create_model("resnet18-scratch")
+    device = "" if args.device == "cpu" else f"-{torch.device(args.device).type}"  # a GPU trains in autocast: its own run
+    folder = f"tune-e{args.epochs}-lr{args.lr:g}-crop{args.crop}{device}"
     result = surgery.finetune(
         model, Standardised(train_set, mean, std, crop=args.crop), Standardised(val_set, mean, std, crop=None),
         epochs=args.epochs, loss="mse", lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch,
-        seed=args.seed, checkpoint_dir=os.path.join(args.cache, f"tune-e{args.epochs}-lr{args.lr:g}-crop{args.crop}"),
+        seed=args.seed, device=args.device, num_workers=args.workers, checkpoint_dir=os.path.join(args.cache, folder),
     )
+    model.cpu()
     print(f"best epoch {result.best_epoch} (validation SROCC {result.best_srocc:.4f}) after {time.time() - started:.0f} s")
     last = model.head[-1]  # the head predicts z-scored labels: fold the scale back, so it outputs pseudo-MOS
     with torch.no_grad():

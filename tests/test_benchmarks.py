@@ -121,7 +121,7 @@ def test_train_scratch_writes_weights_the_zoo_loads(tmp_path, labels):
     out = tmp_path / "r.pt"
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "train_scratch.py"), "--references", "20", "--epochs", "1",
-        "--crop", "64", "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(out),
+        "--crop", "64", "--workers", "1", "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(out),
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
