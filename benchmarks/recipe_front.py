@@ -8,7 +8,8 @@ A candidate is ``surgery.robustify(model, train, val, recipe="robust-strong", se
 settings, the others as the recipe's), ``epochs-N``, ``all`` (every parameter trains:
 ``parameters=list(model.parameters())``), ``blocks-N`` (the last N conv blocks and the head, the
 recipe's rule with N for its 4), ``own`` (:class:`~surgery.defenses.OwnSpreadConsistencyTraining`:
-the gap in the batch's own score spread). Every keep of :data:`surgery.calibration.KEEP_GRID`
+the gap in the batch's own score spread), ``last`` (the last epoch is blended, not the best by
+validation SROCC: the same fine-tune, read from its ``last.pt``). Every keep of :data:`surgery.calibration.KEEP_GRID`
 is scored on the 252 validation images (SROCC) and attacked on 16 of them (random-start
 PGD-10 raising the score at each ``--eps``, every gain in the blend's own validation score
 range); the table gives, per candidate, the most
@@ -29,6 +30,7 @@ import os
 import time
 
 import numpy as np
+import torch
 
 import surgery
 from surgery.calibration import calibrate_blend
@@ -50,7 +52,7 @@ def candidate_options(name: str, base, spread: float) -> dict:
     defense = ConsistencyTraining
     for part in name.split("+"):
         key, _, value = part.partition("-")
-        if part == "recipe":
+        if part in ("recipe", "last"):
             continue
         if key in DEFENSE_KEYS and value:
             settings[DEFENSE_KEYS[key]] = float(value)
@@ -82,11 +84,18 @@ def front(name: str, base, data: dict, seed: int, args) -> dict:
     options = candidate_options(name, base, float(data["tune"][1].std()))
     digest = dataclasses.replace(RECIPES["robust-strong"], defense=lambda _: options["defense"],
                                  epochs=options.get("epochs", RECIPES["robust-strong"].epochs)).training_digest()
-    folder = os.path.join(args.cache, "tune", f"{name}-{digest}-{data_tag(data)}-s{seed}")
+    last = "last" in name.split("+")
+    trained_as = "+".join(p for p in name.split("+") if p != "last") or "recipe"  # "last" trains nothing new
+    folder = os.path.join(args.cache, "tune", f"{trained_as}-{digest}-{data_tag(data)}-s{seed}")
     tuned, result = surgery.robustify(base, data["tune"], data["val"], recipe="robust-strong", seed=seed,
                                       checkpoint_dir=folder, **options)
+    epoch = result.best_epoch
+    if last:
+        state = torch.load(os.path.join(folder, "last.pt"), map_location="cpu", weights_only=True)
+        tuned.load_state_dict(state["model"])
+        epoch = state["epoch"] + 1
     record = {"candidate": name, "seed": seed, "epoch s": float(np.mean([h["seconds"] for h in result.history])),
-              "best epoch": result.best_epoch, "grids": {}}
+              "epoch": epoch, "grids": {}}
     for eps in args.eps:
         calibration = calibrate_blend(base, tuned, data["val"], args.target, eps=eps / 255, seed=seed)
         record["grids"][str(eps)] = {"original gain": calibration.val_gain_original, "original srocc": calibration.val_srocc_original,
@@ -102,7 +111,7 @@ def summary_row(record: dict, target: float, eps: list[float]) -> dict:
     passing = [r for r in first["grid"] if r["srocc_kept"] >= target]
     chosen = min(passing, key=lambda r: (r["val_gain"], -r["keep"])) if passing else None
     row = {"candidate": record["candidate"], "seed": record["seed"], "epoch s": record["epoch s"],
-           "best epoch": record["best epoch"], "keep": chosen["keep"] if chosen else None,
+           "epoch": record.get("epoch", record.get("best epoch")), "keep": chosen["keep"] if chosen else None,
            "val SROCC kept": chosen["srocc_kept"] if chosen else None}
     for e in eps:
         grid = record["grids"][str(e)]

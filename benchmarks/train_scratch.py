@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="where it trains (cuda: bfloat16 autocast and channels-last, finetune's defaults there)")
+    parser.add_argument("--device", default="cpu",
+                        help="where it trains (cuda: bfloat16 autocast and channels-last, finetune's defaults there)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes (the distortions are made on the fly)")
     parser.add_argument("--cache", default=".cache/scratch")
     parser.add_argument("--out", default=SCRATCH_WEIGHTS)
