@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 import surgery
-from surgery.evaluation import model_digest
+from surgery.evaluation import BATCH_SIZE, model_digest
 from surgery.files import atomic_write_text
 from surgery.recipes import RECIPES, Recipe
 
@@ -62,7 +62,6 @@ ATTACKS = ("pgd-1", "pgd-8", "pgd-50-rs")  # raising the score
 STRONG = ("apgd-50",)  # raising and lowering it
 ROWS = ("robust", "control")
 GOAL_KEPT, GOAL_RATIO = 0.99, 0.50
-EVAL_BATCH = 8  # surgery.evaluate's own batch size: the cache keys name a batch only when it differs
 
 
 def row_recipe(row: str) -> Recipe:
@@ -83,7 +82,7 @@ def attack_summary(name: str, model, data: dict, cache: str, args, original) -> 
     score_range = own_range(model, data["eval"][0])  # the model's own, for its attacks and its masking checks
     summary = attack_table(name, model, data, os.path.join(cache, "eval"), args.attacks, args.strong, score_range,
                            channels_last=True, progress=True, batch_size=args.eval_batch).summaries[0]  # hours of attacks: show them
-    batch = "" if args.eval_batch == EVAL_BATCH else f"-b{args.eval_batch}"  # random starts are drawn per batch
+    batch = "" if args.eval_batch == BATCH_SIZE else f"-b{args.eval_batch}"  # random starts are drawn per batch, as evaluate keys
     settings = f"{args.masking_steps}-{args.queries}{batch}-{attacked_tag(data)}"
     path = os.path.join(cache, "masking", f"{name.replace(' ', '-')}-{settings}-{model_digest(model)}.json")
     if os.path.isfile(path):
@@ -151,7 +150,7 @@ def main() -> None:
     parser.add_argument("--masking-steps", type=int, default=50, help="APGD steps of the masking checks")
     parser.add_argument("--queries", type=int, default=500, help="Square queries of the black-box masking check")
     parser.add_argument("--device", default="cpu", help="where the models train and are attacked (e.g. cuda)")
-    parser.add_argument("--eval-batch", type=int, default=EVAL_BATCH, help="images per batch of the attacks and checks")
+    parser.add_argument("--eval-batch", type=int, default=BATCH_SIZE, help="images per batch of the attacks and checks")
     parser.add_argument("--cache", default=".cache/proof")
     parser.add_argument("--out", default="outputs/proof")
     args = parse_with_data(parser)
