@@ -84,13 +84,13 @@ def front(name: str, base, data: dict, seed: int, args) -> dict:
     options = candidate_options(name, base, float(data["tune"][1].std()))
     digest = dataclasses.replace(RECIPES["robust-strong"], defense=lambda _: options["defense"],
                                  epochs=options.get("epochs", RECIPES["robust-strong"].epochs)).training_digest()
-    last = "last" in name.split("+")
-    trained_as = "+".join(p for p in name.split("+") if p != "last") or "recipe"  # "last" trains nothing new
+    parts = name.split("+")
+    trained_as = "+".join(p for p in parts if p != "last") or "recipe"  # "last" trains nothing new
     folder = os.path.join(args.cache, "tune", f"{trained_as}-{digest}-{data_tag(data)}-s{seed}")
     tuned, result = surgery.robustify(base, data["tune"], data["val"], recipe="robust-strong", seed=seed,
                                       checkpoint_dir=folder, **options)
     epoch = result.best_epoch
-    if last:
+    if "last" in parts:
         state = torch.load(os.path.join(folder, "last.pt"), map_location="cpu", weights_only=True)
         tuned.load_state_dict(state["model"])
         epoch = state["epoch"] + 1

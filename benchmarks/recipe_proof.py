@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 import surgery
-from surgery.evaluation import BATCH_SIZE, model_digest
+from surgery.evaluation import BATCH_SIZE, cache_setting, model_digest
 from surgery.files import atomic_write_text
 from surgery.recipes import RECIPES, Recipe
 
@@ -82,8 +82,8 @@ def attack_summary(name: str, model, data: dict, cache: str, args, original) -> 
     score_range = own_range(model, data["eval"][0])  # the model's own, for its attacks and its masking checks
     summary = attack_table(name, model, data, os.path.join(cache, "eval"), args.attacks, args.strong, score_range,
                            channels_last=True, progress=True, batch_size=args.eval_batch).summaries[0]  # hours of attacks: show them
-    batch = "" if args.eval_batch == BATCH_SIZE else f"-b{args.eval_batch}"  # random starts are drawn per batch, as evaluate keys
-    settings = f"{args.masking_steps}-{args.queries}{batch}-{attacked_tag(data)}"
+    setting = cache_setting(args.eval_batch, torch.device(args.device))  # the masking attacks' random starts, as evaluate keys them
+    settings = f"{args.masking_steps}-{args.queries}{setting}-{attacked_tag(data)}"
     path = os.path.join(cache, "masking", f"{name.replace(' ', '-')}-{settings}-{model_digest(model)}.json")
     if os.path.isfile(path):
         with open(path) as file:

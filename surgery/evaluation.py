@@ -409,7 +409,7 @@ def evaluate(
         )
     # attack names build fresh attacks per direction (a UAP is fitted for each)
     runs = [(direction, *run) for direction in directions for run in resolve_attacks(attacks, eps_grid, seed)]
-    setting = _run_setting(stream.batch_size, model_device(model))
+    setting = cache_setting(stream.batch_size, model_device(model))
     keyed = []
     for direction, attack_name, eps, attack in runs:
         if isinstance(attack, UAP) and attack.perturbation is None:
@@ -456,10 +456,11 @@ def evaluate(
     return Table(rows=rows, summaries=[summary])
 
 
-def _run_setting(batch_size: int, device: torch.device) -> str:
-    """What a cache key adds for the batch size and the device: random starts are drawn per
-    batch and a GPU's arithmetic is not the CPU's, so a score attacked under other ones is not
-    the score this call computes. Empty for evaluate's defaults (8, CPU), the keys of older caches."""
+def cache_setting(batch_size: int, device: torch.device) -> str:
+    """What a cache key of attacked scores adds for the batch size and the device: random starts
+    are drawn per batch and a GPU's arithmetic is not the CPU's, so a score attacked under other
+    ones is not the score this call computes. Empty for evaluate's defaults (8, CPU), the keys of
+    older caches."""
     return ("" if batch_size == BATCH_SIZE else f"-b{batch_size}") + ("" if device.type == "cpu" else f"-{device.type}")
 
 
