@@ -9,7 +9,7 @@ settings, the others as the recipe's), ``epochs-N``, ``all`` (every parameter tr
 ``parameters=list(model.parameters())``), ``blocks-N`` (the last N conv blocks and the head, the
 recipe's rule with N for its 4), ``own`` (:class:`~surgery.defenses.OwnSpreadConsistencyTraining`:
 the gap in the batch's own score spread), ``last`` (the last epoch is blended, not the best by
-validation SROCC: the same fine-tune, read from its ``last.pt``). Every keep of :data:`surgery.calibration.KEEP_GRID`
+validation SROCC: the same fine-tune, ``select="last"``). Every keep of :data:`surgery.calibration.KEEP_GRID`
 is scored on the 252 validation images (SROCC) and attacked on 16 of them (random-start
 PGD-10 raising the score at each ``--eps``, every gain in the blend's own validation score
 range); the table gives, per candidate, the most
@@ -30,7 +30,6 @@ import os
 import time
 
 import numpy as np
-import torch
 
 import surgery
 from surgery.calibration import calibrate_blend
@@ -88,14 +87,9 @@ def front(name: str, base, data: dict, seed: int, args) -> dict:
     trained_as = "+".join(p for p in parts if p != "last") or "recipe"  # "last" trains nothing new
     folder = os.path.join(args.cache, "tune", f"{trained_as}-{digest}-{data_tag(data)}-s{seed}")
     tuned, result = surgery.robustify(base, data["tune"], data["val"], recipe="robust-strong", seed=seed,
-                                      checkpoint_dir=folder, **options)
-    epoch = result.best_epoch
-    if "last" in parts:
-        state = torch.load(os.path.join(folder, "last.pt"), map_location="cpu", weights_only=True)
-        tuned.load_state_dict(state["model"])
-        epoch = state["epoch"] + 1
+                                      checkpoint_dir=folder, select="last" if "last" in parts else "best", **options)
     record = {"candidate": name, "seed": seed, "epoch s": float(np.mean([h["seconds"] for h in result.history])),
-              "epoch": epoch, "grids": {}}
+              "epoch": result.epoch, "grids": {}}
     for eps in args.eps:
         calibration = calibrate_blend(base, tuned, data["val"], args.target, eps=eps / 255, seed=seed)
         record["grids"][str(eps)] = {"original gain": calibration.val_gain_original, "original srocc": calibration.val_srocc_original,

@@ -50,14 +50,17 @@ DataSpec = Dataset | tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class FinetuneResult:
-    """Per-epoch history and where the best weights are; ``calibration`` is what
-    ``robustify(..., target=...)`` chose on validation (a :class:`surgery.calibration.Calibration`)."""
+    """Per-epoch history, where the best weights are (by validation SROCC), the epoch whose
+    weights the model was returned with (``epoch``: the best one or the last, as ``select``
+    asked); ``calibration`` is what ``robustify(..., target=...)`` chose on validation (a
+    :class:`surgery.calibration.Calibration`)."""
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     best_srocc: float | None = None
     best_path: str | None = None
     calibration: object | None = None
+    epoch: int | None = None
 
 
 def as_dataset(data: DataSpec, name: str) -> Dataset:
@@ -385,6 +388,7 @@ def finetune(
     progress: bool = True,
     parameters: Sequence[nn.Parameter] | None = None,
     attack_check_images: int = 16,
+    select: str = "best",
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place on ``train`` (images in [0, 1], MOS); returns the history.
 
@@ -410,11 +414,17 @@ def finetune(
             twice the lowest so far is flagged ``overfit`` (catastrophic overfitting), warned
             about and not chosen as the best. The check changes no weight and no random draw
             of the training.
+        select: which weights the model ends with: ``"best"`` (with ``val``: the epoch of the
+            highest validation SROCC, not flagged ``overfit``; without: the last) or ``"last"``
+            (the last epoch's; ``best.pt`` is still written). A robust fine-tune whose
+            blend is then calibrated on validation SROCC wants ``"last"``: the best epoch by
+            SROCC is its least robust. ``result.epoch`` says which epoch the model holds.
 
-    With ``val``, the model ends with its best validation weights; every module ends
-    in the train/eval mode it came in. If the run stops with an error (or Ctrl-C),
+    Every module ends in the train/eval mode it came in. If the run stops with an error (or Ctrl-C),
     the model gets back the weights it came with.
     """
+    if select not in ("best", "last"):
+        raise ValueError(f"select must be 'best' or 'last', got {select!r}")
     torch.manual_seed(seed)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if device.type == "cuda" and distributed.launched_by_torchrun():
@@ -494,7 +504,7 @@ def finetune(
             if eligible and (result.best_srocc is None or record["val_srocc"] > result.best_srocc):
                 result.best_epoch, result.best_srocc = epoch + 1, record["val_srocc"]
                 result.best_path = checkpoints.save_best(model)
-                if result.best_path is None:
+                if result.best_path is None and select == "best":
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             checkpoints.save_last(model, optimizer, scheduler, loaders.generator, epoch, result, run)
             if progress and is_main:
@@ -502,8 +512,11 @@ def finetune(
             if sharded:
                 dist.barrier()
 
-        if result.best_path is not None and os.path.isfile(result.best_path):
-            best_state = modelfile.read(result.best_path, device)["state_dict"]
-        if best_state is not None:
-            model.load_state_dict(best_state)
+        result.epoch = len(result.history) or None
+        if select == "best" and result.best_epoch is not None:
+            if result.best_path is not None and os.path.isfile(result.best_path):
+                best_state = modelfile.read(result.best_path, device)["state_dict"]
+            if best_state is not None:
+                model.load_state_dict(best_state)
+                result.epoch = result.best_epoch
         return result

@@ -107,6 +107,42 @@ def test_best_checkpoint_loads_with_surgery_load(tmp_path):
     assert [n for n in os.listdir(tmp_path) if n.startswith(".tmp")] == []
 
 
+@pytest.mark.parametrize("checkpoints", [False, True])
+def test_select_returns_the_best_or_the_last_epoch(checkpoints, tmp_path, monkeypatch):
+    """The validation SROCC here falls every epoch, so the best epoch is the first: "best" returns
+    its weights, "last" the last epoch's (those of the same run without validation), and a
+    resumed run with nothing left to train returns the same (best.pt in memory or on disk)."""
+    train, val = toy_split()
+    real_validate, falling = training._validate, iter([0.9, 0.8, 0.7] * 4)
+    monkeypatch.setattr(training, "_validate", lambda *a, **k: {**real_validate(*a, **k), "val_srocc": next(falling)})
+    torch.manual_seed(0)
+    start = TinyIQA().state_dict()
+    weights, results = {}, {}
+    for select in ("best", "last", None):
+        model = TinyIQA()
+        model.load_state_dict(start)
+        folder = tmp_path / str(select) if checkpoints else None
+        options = {"epochs": 3, "lr": 3e-2, "progress": False, "checkpoint_dir": folder}
+        if select is None:  # no validation: the last epoch, whatever select says
+            results[select] = finetune(model, train, **options)
+        else:
+            results[select] = finetune(model, train, val, select=select, **options)
+            if checkpoints:  # nothing left to train: the same weights come back
+                again = TinyIQA()
+                again.load_state_dict(start)
+                assert finetune(again, train, val, select=select, **options).epoch == results[select].epoch
+                for key, value in model.state_dict().items():
+                    assert torch.equal(again.state_dict()[key], value), key
+        weights[select] = model.state_dict()
+    assert (results["best"].epoch, results["best"].best_epoch, results["last"].epoch, results["last"].best_epoch) == (1, 1, 3, 1)
+    assert results[None].epoch == 3
+    for key, value in weights[None].items():
+        torch.testing.assert_close(weights["last"][key], value)
+    assert not all(torch.equal(weights["best"][k], v) for k, v in weights["last"].items())
+    with pytest.raises(ValueError, match="select must be 'best' or 'last'"):
+        finetune(TinyIQA(), train, val, select="first", progress=False)
+
+
 def test_each_module_keeps_its_own_mode():
     train, val = toy_split()
     model = BatchNormIQA().train()
