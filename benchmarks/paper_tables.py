@@ -95,9 +95,12 @@ def load_data(args) -> dict:
     train, val, test = dataset.split((0.7, 0.1, 0.2), seed=0)
     generator = torch.Generator().manual_seed(0)
 
-    def take(subset, count):
+    kinds: dict[str, list[str]] = {}  # each taken image's distortion ("pristine" for a reference)
+
+    def take(subset, count, name):
         picked = torch.randperm(len(subset.indices), generator=generator)[:count].sort().values
         indices = [subset.indices[i] for i in picked]
+        kinds[name] = [dataset.items[i][1] or "pristine" for i in indices]
         return torch.stack([dataset[i][0] for i in indices]), dataset.labels[indices].float()
 
     test_refs = sorted({dataset.reference_of(i) for i in test.indices})[: args.eval_references]
@@ -106,11 +109,12 @@ def load_data(args) -> dict:
     eval_mos = dataset.labels[eval_indices].float()
     pick = torch.linspace(0, len(eval_indices) - 1, args.attack_images).round().long()
     return {
-        "tune": take(train, args.tune_steps * args.batch // args.epochs),
-        "val": take(val, args.val_images),
+        "tune": take(train, args.tune_steps * args.batch // args.epochs, "tune"),
+        "val": take(val, args.val_images, "val"),
         "eval": (eval_images, eval_mos),
         "attack": (eval_images[pick], eval_mos[pick]),
         "attack_subset": pick,
+        "kinds": kinds,
     }
 
 

@@ -74,20 +74,25 @@ def candidate_options(name: str, base, spread: float) -> dict:
     return options
 
 
+def tuned_candidate(name: str, base, data: dict, seed: int, cache: str):
+    """``(fine-tuned model, its history)`` of candidate ``name`` (cached under ``cache/tune``)."""
+    options = candidate_options(name, base, float(data["tune"][1].std()))
+    digest = dataclasses.replace(RECIPES["robust-strong"], defense=lambda _: options["defense"],
+                                 epochs=options.get("epochs", RECIPES["robust-strong"].epochs)).training_digest()
+    parts = name.split("+")
+    trained_as = "+".join(p for p in parts if p != "last") or "recipe"  # "last" trains nothing new
+    folder = os.path.join(cache, "tune", f"{trained_as}-{digest}-{data_tag(data)}-s{seed}")
+    return surgery.robustify(base, data["tune"], data["val"], recipe="robust-strong", seed=seed,
+                             checkpoint_dir=folder, select="last" if "last" in parts else "best", **options)
+
+
 def front(name: str, base, data: dict, seed: int, args) -> dict:
     """The candidate's fine-tune (cached) and its calibration grid at every ``--eps`` (cached)."""
     path = os.path.join(args.cache, "front", f"{name}-{data_tag(data)}-s{seed}-{'-'.join(map(str, args.eps))}.json")
     if os.path.isfile(path):
         with open(path) as file:
             return json.load(file)
-    options = candidate_options(name, base, float(data["tune"][1].std()))
-    digest = dataclasses.replace(RECIPES["robust-strong"], defense=lambda _: options["defense"],
-                                 epochs=options.get("epochs", RECIPES["robust-strong"].epochs)).training_digest()
-    parts = name.split("+")
-    trained_as = "+".join(p for p in parts if p != "last") or "recipe"  # "last" trains nothing new
-    folder = os.path.join(args.cache, "tune", f"{trained_as}-{digest}-{data_tag(data)}-s{seed}")
-    tuned, result = surgery.robustify(base, data["tune"], data["val"], recipe="robust-strong", seed=seed,
-                                      checkpoint_dir=folder, select="last" if "last" in parts else "best", **options)
+    tuned, result = tuned_candidate(name, base, data, seed, args.cache)
     record = {"candidate": name, "seed": seed, "epoch s": float(np.mean([h["seconds"] for h in result.history])),
               "epoch": result.epoch, "grids": {}}
     for eps in args.eps:

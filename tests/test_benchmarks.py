@@ -82,6 +82,20 @@ def test_recipe_proof_measures_robustify_against_the_original_and_a_control(tmp_
 
 
 @pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
+def test_recipe_gap_measures_training_and_validation_images_and_each_distortion(tmp_path, labels):
+    command = [
+        sys.executable, os.path.join(ROOT, "benchmarks", "recipe_gap.py"), "--references", "20", "--tune-steps", "1",
+        "--epochs", "1", "--val-images", "30", "--attacked", "2", "--candidates", "recipe", "--labels", labels,
+        "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "gap.md"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "gap.md").read_text()
+    assert "| recipe | 0 | training |" in report and "| recipe | 0 | validation |" in report
+    assert "| recipe | 0 | original |" in report and "| recipe | 0 | whole |" in report and "| all |" in report
+
+
+@pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
 def test_recipe_front_measures_each_candidate_over_the_keep_grid_on_validation(tmp_path, labels):
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "recipe_front.py"), "--references", "20", "--tune-steps", "1",
