@@ -66,7 +66,7 @@ def candidate_options(name: str, base, spread: float) -> dict:
             options["parameters"] = [own[n] for n in surgery.locate(base, input_size=(3, 224, 224)).trailing_parameters(int(value))]
         else:
             raise ValueError(
-                f"candidate {name!r}: unknown part {part!r} (recipe, eps-E, beta-B, steps-K, share-F, epochs-N, all, blocks-N, own)"
+                f"candidate {name!r}: unknown part {part!r} (recipe, eps-E, beta-B, steps-K, share-F, epochs-N, all, blocks-N, own, last)"
             )
     options["defense"] = defense(
         eps=settings["eps"] / 255, steps=int(settings["steps"]), beta=settings["beta"], scale=spread, fraction=settings["fraction"]

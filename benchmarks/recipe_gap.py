@@ -39,7 +39,8 @@ def spread_first(data: tuple[torch.Tensor, torch.Tensor], count: int) -> tuple[t
     """The same images and scores with ``count`` evenly spaced ones first (calibrate_blend attacks the first)."""
     images, mos = data
     picked = torch.linspace(0, len(mos) - 1, count).round().long().unique()
-    rest = torch.tensor([i for i in range(len(mos)) if i not in set(picked.tolist())], dtype=torch.long)
+    chosen = set(picked.tolist())
+    rest = torch.tensor([i for i in range(len(mos)) if i not in chosen], dtype=torch.long)
     order = torch.cat([picked, rest])
     return images[order], mos[order]
 

@@ -25,7 +25,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.distributed as dist
@@ -316,7 +316,9 @@ class _Checkpoints:
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"].cpu())
             generator.set_state(state["loader_rng"].cpu())
-            resumed = FinetuneResult(state["history"], state["best_epoch"], state["best_srocc"], state["best_path"])
+            # this folder's best.pt, not the path recorded: the folder may have moved since
+            best_path = self.best if state["best_path"] is not None else None
+            resumed = FinetuneResult(state["history"], state["best_epoch"], state["best_srocc"], best_path)
             return resumed, state["epoch"] + 1
         except Exception as err:
             raise self._unusable(err) from err
@@ -388,7 +390,7 @@ def finetune(
     progress: bool = True,
     parameters: Sequence[nn.Parameter] | None = None,
     attack_check_images: int = 16,
-    select: str = "best",
+    select: Literal["best", "last"] = "best",
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place on ``train`` (images in [0, 1], MOS); returns the history.
 
@@ -416,9 +418,10 @@ def finetune(
             of the training.
         select: which weights the model ends with: ``"best"`` (with ``val``: the epoch of the
             highest validation SROCC, not flagged ``overfit``; without: the last) or ``"last"``
-            (the last epoch's; ``best.pt`` is still written). A robust fine-tune whose
-            blend is then calibrated on validation SROCC wants ``"last"``: the best epoch by
-            SROCC is its least robust. ``result.epoch`` says which epoch the model holds.
+            (the last epoch's, even one flagged ``overfit``, which is then warned about; ``best.pt``
+            is still written). A robust fine-tune whose blend is then calibrated on validation
+            SROCC wants ``"last"``: the best epoch by SROCC is its least robust.
+            ``result.epoch`` says which epoch the model holds.
 
     Every module ends in the train/eval mode it came in. If the run stops with an error (or Ctrl-C),
     the model gets back the weights it came with.
@@ -513,6 +516,13 @@ def finetune(
                 dist.barrier()
 
         result.epoch = len(result.history) or None
+        if select == "last" and result.history and result.history[-1].get("overfit", False):
+            warnings.warn(
+                f"finetune: select='last' returns epoch {result.epoch}, flagged overfit (catastrophic overfitting): its "
+                "weights may be much easier to fool than an earlier epoch's; use more attack steps, a smaller lr or "
+                "fewer epochs, or select='best'",
+                stacklevel=2,
+            )
         if select == "best" and result.best_epoch is not None:
             if result.best_path is not None and os.path.isfile(result.best_path):
                 best_state = modelfile.read(result.best_path, device)["state_dict"]

@@ -111,7 +111,8 @@ def test_best_checkpoint_loads_with_surgery_load(tmp_path):
 def test_select_returns_the_best_or_the_last_epoch(checkpoints, tmp_path, monkeypatch):
     """The validation SROCC here falls every epoch, so the best epoch is the first: "best" returns
     its weights, "last" the last epoch's (those of the same run without validation), and a
-    resumed run with nothing left to train returns the same (best.pt in memory or on disk)."""
+    resumed run with nothing left to train returns the same (best.pt in memory or on disk). With
+    a folder, "last" resumes the folder "best" trained (select changes no run fingerprint)."""
     train, val = toy_split()
     real_validate, falling = training._validate, iter([0.9, 0.8, 0.7] * 4)
     monkeypatch.setattr(training, "_validate", lambda *a, **k: {**real_validate(*a, **k), "val_srocc": next(falling)})
@@ -121,7 +122,7 @@ def test_select_returns_the_best_or_the_last_epoch(checkpoints, tmp_path, monkey
     for select in ("best", "last", None):
         model = TinyIQA()
         model.load_state_dict(start)
-        folder = tmp_path / str(select) if checkpoints else None
+        folder = (tmp_path / ("run" if select else "no-val")) if checkpoints else None
         options = {"epochs": 3, "lr": 3e-2, "progress": False, "checkpoint_dir": folder}
         if select is None:  # no validation: the last epoch, whatever select says
             results[select] = finetune(model, train, **options)
@@ -141,6 +142,39 @@ def test_select_returns_the_best_or_the_last_epoch(checkpoints, tmp_path, monkey
     assert not all(torch.equal(weights["best"][k], v) for k, v in weights["last"].items())
     with pytest.raises(ValueError, match="select must be 'best' or 'last'"):
         finetune(TinyIQA(), train, val, select="first", progress=False)
+
+
+def test_select_last_warns_when_the_last_epoch_is_flagged_overfit(monkeypatch):
+    train, val = toy_split()
+    gains = iter([0.1, 0.25])
+    monkeypatch.setattr(training._AttackCheck, "gain", lambda self, network, device, autocast, score_range: next(gains))
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="select='last' returns epoch 2, flagged overfit"), \
+            pytest.warns(UserWarning, match="catastrophic overfitting at epoch 2"):
+        result = finetune(TinyIQA(), train, val, epochs=2, lr=1e-2, loss="mse", progress=False, select="last",
+                          defense=ConsistencyTraining(steps=1))
+    assert result.epoch == 2 and result.history[-1]["overfit"]
+
+
+def test_a_moved_checkpoint_folder_still_gives_its_best_epoch(tmp_path, monkeypatch):
+    """last.pt recorded where best.pt was written: a resume from a moved folder kept the last
+    epoch's weights although select='best' (the recorded path no longer existed)."""
+    train, val = toy_split()
+    falling = iter([0.9, 0.8, 0.7])
+    real_validate = training._validate
+    monkeypatch.setattr(training, "_validate", lambda *a, **k: {**real_validate(*a, **k), "val_srocc": next(falling)})
+    torch.manual_seed(0)
+    start = TinyIQA().state_dict()
+    model = TinyIQA()
+    model.load_state_dict(start)
+    finetune(model, train, val, epochs=3, lr=3e-2, checkpoint_dir=tmp_path / "here", progress=False)
+    os.rename(tmp_path / "here", tmp_path / "there")
+    again = TinyIQA()
+    again.load_state_dict(start)
+    result = finetune(again, train, val, epochs=3, lr=3e-2, checkpoint_dir=tmp_path / "there", progress=False)
+    assert result.epoch == 1 and result.best_path == os.path.join(tmp_path / "there", "best.pt")
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
 
 
 def test_each_module_keeps_its_own_mode():
