@@ -118,6 +118,16 @@ def load_data(args) -> dict:
     }
 
 
+def spread_first(data: tuple[torch.Tensor, torch.Tensor], count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same images and scores with ``count`` evenly spaced ones first (calibrate_blend attacks the first)."""
+    images, mos = data
+    picked = torch.linspace(0, len(mos) - 1, count).round().long().unique()
+    chosen = set(picked.tolist())
+    rest = torch.tensor([i for i in range(len(mos)) if i not in chosen], dtype=torch.long)
+    order = torch.cat([picked, rest])
+    return images[order], mos[order]
+
+
 def attacked_tag(data: dict) -> str:
     """A digest of the attacked images, which names their caches."""
     return hashlib.sha1(image_fingerprints(data["attack"][0]).numpy().tobytes()).hexdigest()[:10]

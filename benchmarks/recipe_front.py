@@ -37,7 +37,9 @@ from surgery.defenses import ConsistencyTraining, OwnSpreadConsistencyTraining
 from surgery.files import atomic_write_text
 from surgery.recipes import RECIPES
 
-from paper_tables import add_data_arguments, data_tag, load_data, parse_with_data
+from paper_tables import add_data_arguments, data_tag, load_data, parse_with_data, spread_first
+
+ATTACKED = 16  # validation images the calibration attacks (robustify's)
 
 DEFENSE_KEYS = {"eps": "eps", "beta": "beta", "steps": "steps", "share": "fraction"}
 
@@ -87,8 +89,12 @@ def tuned_candidate(name: str, base, data: dict, seed: int, cache: str):
 
 
 def front(name: str, base, data: dict, seed: int, args) -> dict:
-    """The candidate's fine-tune (cached) and its calibration grid at every ``--eps`` (cached)."""
-    path = os.path.join(args.cache, "front", f"{name}-{data_tag(data)}-s{seed}-{'-'.join(map(str, args.eps))}.json")
+    """The candidate's fine-tune (cached) and its calibration grid at every ``--eps`` (cached).
+    With ``--head``, the calibration measures the blends that keep the head's change whole too,
+    on validation images attacked evenly spaced (without: the first ones, as before)."""
+    head = surgery.locate(base, input_size=(3, 224, 224)).pooled_head() if args.head else []
+    suffix = "-head-spread" if head else ""
+    path = os.path.join(args.cache, "front", f"{name}-{data_tag(data)}-s{seed}-{'-'.join(map(str, args.eps))}{suffix}.json")
     if os.path.isfile(path):
         with open(path) as file:
             return json.load(file)
@@ -96,7 +102,8 @@ def front(name: str, base, data: dict, seed: int, args) -> dict:
     record = {"candidate": name, "seed": seed, "epoch s": float(np.mean([h["seconds"] for h in result.history])),
               "epoch": result.epoch, "grids": {}}
     for eps in args.eps:
-        calibration = calibrate_blend(base, tuned, data["val"], args.target, eps=eps / 255, seed=seed)
+        val = spread_first(data["val"], ATTACKED) if head else data["val"]
+        calibration = calibrate_blend(base, tuned, val, args.target, eps=eps / 255, seed=seed, attack_images=ATTACKED, head=head)
         record["grids"][str(eps)] = {"original gain": calibration.val_gain_original, "original srocc": calibration.val_srocc_original,
                                      "grid": calibration.grid}
         print(f"{name} s{seed}, PGD-10 at {eps}/255:\n{calibration}", flush=True)
@@ -104,20 +111,32 @@ def front(name: str, base, data: dict, seed: int, args) -> dict:
     return record
 
 
+def point(row: dict) -> tuple[float, float]:
+    """(keep, the head's keep) of a grid row (rows cached before the head was measured: uniform)."""
+    return row["keep"], row.get("head_keep", row["keep"])
+
+
 def summary_row(record: dict, target: float, eps: list[float]) -> dict:
-    """The keep the calibrated call would choose (by the first eps's gain) and every eps's gain ratio there."""
-    first = record["grids"][str(eps[0])]
-    passing = [r for r in first["grid"] if r["srocc_kept"] >= target]
-    chosen = min(passing, key=lambda r: (r["val_gain"], -r["keep"])) if passing else None
+    """The keep the calibrated call would choose (by the first eps's gain) and every eps's gain
+    ratio there, among the uniform blends and, where measured, among those that keep the head whole."""
     row = {"candidate": record["candidate"], "seed": record["seed"], "epoch s": record["epoch s"],
-           "epoch": record.get("epoch", record.get("best epoch")), "keep": chosen["keep"] if chosen else None,
-           "val SROCC kept": chosen["srocc_kept"] if chosen else None}
+           "epoch": record.get("epoch", record.get("best epoch"))}
+    grids = {e: {point(r): r for r in record["grids"][str(e)]["grid"]} for e in eps}
+    first = grids[eps[0]]
+    families = {"": [p for p in first if p[0] == p[1]], "head whole: ": [p for p in first if p[1] == 1.0 and p[0] < 1.0]}
+    for label, points in families.items():
+        if not points:
+            continue
+        passing = [p for p in points if first[p]["srocc_kept"] >= target]
+        chosen = min(passing, key=lambda p: (first[p]["val_gain"], -p[0])) if passing else None
+        row[f"{label}keep"] = chosen[0] if chosen else None
+        row[f"{label}val SROCC kept"] = first[chosen]["srocc_kept"] if chosen else None
+        for e in eps:
+            original = record["grids"][str(e)]["original gain"]
+            row[f"{label}x at {e:g}/255"] = grids[e][chosen]["val_gain"] / original if chosen else None
     for e in eps:
-        grid = record["grids"][str(e)]
-        at = {r["keep"]: r for r in grid["grid"]}
-        row[f"x at {e:g}/255"] = at[chosen["keep"]]["val_gain"] / grid["original gain"] if chosen else None
-        row[f"whole: x at {e:g}/255"] = at[1.0]["val_gain"] / grid["original gain"]
-    row["whole: val SROCC kept"] = {r["keep"]: r for r in first["grid"]}[1.0]["srocc_kept"]
+        row[f"whole: x at {e:g}/255"] = grids[e][(1.0, 1.0)]["val_gain"] / record["grids"][str(e)]["original gain"]
+    row["whole: val SROCC kept"] = first[(1.0, 1.0)]["srocc_kept"]
     return row
 
 
@@ -127,6 +146,8 @@ def main() -> None:
     parser.add_argument("--candidates", nargs="+", default=["recipe"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--target", type=float, default=0.99)
+    parser.add_argument("--head", action="store_true",
+                        help="also the blends that keep the pooled head's change whole (validation images attacked evenly spaced)")
     parser.add_argument("--eps", type=float, nargs="+", default=[4.0, 8.0], help="PGD-10 budgets, in 1/255")
     parser.add_argument("--cache", default=".cache/front")
     parser.add_argument("--out", default="outputs/front.md")

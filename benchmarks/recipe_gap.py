@@ -31,18 +31,8 @@ from surgery.calibration import calibrate_blend
 from surgery.files import atomic_write_text
 from surgery.scoring import scores
 
-from paper_tables import add_data_arguments, load_data, parse_with_data
+from paper_tables import add_data_arguments, load_data, parse_with_data, spread_first
 from recipe_front import tuned_candidate
-
-
-def spread_first(data: tuple[torch.Tensor, torch.Tensor], count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same images and scores with ``count`` evenly spaced ones first (calibrate_blend attacks the first)."""
-    images, mos = data
-    picked = torch.linspace(0, len(mos) - 1, count).round().long().unique()
-    chosen = set(picked.tolist())
-    rest = torch.tensor([i for i in range(len(mos)) if i not in chosen], dtype=torch.long)
-    order = torch.cat([picked, rest])
-    return images[order], mos[order]
 
 
 def gains(base, tuned, data, keep: float, count: int, seed: int) -> dict:

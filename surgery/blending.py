@@ -9,6 +9,8 @@ with MOS) more gently than stopping the fine-tune early would.
 """
 from __future__ import annotations
 
+from typing import Callable, Mapping
+
 import torch
 from torch import nn
 
@@ -41,17 +43,37 @@ def counterparts(model: nn.Module, state: dict, reference: dict) -> dict[str, st
     return pairs
 
 
-def blend(model: nn.Module, original: nn.Module, keep: float) -> nn.Module:
+def _fraction(keep, what: str) -> float:
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
+        raise ValueError(f"{what} must be in [0, 1] (the fraction of the fine-tune's change kept), got {keep!r}")
+    return float(keep)
+
+
+def keep_of(keep: float | Mapping[str, float]) -> Callable[[str], float]:
+    """The keep of each state name: ``keep`` itself, or from a mapping of module names to keeps
+    (the longest name that contains the tensor wins; ``""``, which must be there, for the rest)."""
+    if not isinstance(keep, Mapping):
+        value = _fraction(keep, "keep")
+        return lambda name: value
+    if "" not in keep:
+        raise ValueError(f"a keep per module needs a '' entry, the keep of every tensor no other name covers; got {sorted(keep)}")
+    keeps = {module: _fraction(value, f"keep[{module!r}]") for module, value in keep.items()}
+    by_length = sorted(keeps, key=len, reverse=True)
+    return lambda name: keeps[next(m for m in by_length if m in ("", name) or name.startswith(f"{m}."))]
+
+
+def blend(model: nn.Module, original: nn.Module, keep: float | Mapping[str, float]) -> nn.Module:
     """Blend ``model``'s weights in place with ``original``'s, keeping ``keep`` of their
     difference (1: ``model`` as it is, 0: the original's weights); returns ``model``.
 
-    ``original`` is the model the fine-tune started from, hardened or not: the weights of a
-    spliced RobustBlock, which it lacks, keep their values. Integer buffers (BatchNorm's step
-    counters) are left alone. Shared tensors must have the same shape: a pruned model cannot
-    be blended with its unpruned original.
+    ``keep`` may differ by module: ``{"": 0.2, "head": 1.0}`` keeps 20% of the change of every
+    tensor but the head's, and all of the head's (the longest module name that contains a
+    tensor gives its keep). ``original`` is the model the fine-tune started from, hardened or
+    not: the weights of a spliced RobustBlock, which it lacks, keep their values. Integer
+    buffers (BatchNorm's step counters) are left alone. Shared tensors must have the same
+    shape: a pruned model cannot be blended with its unpruned original.
     """
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
-        raise ValueError(f"keep must be in [0, 1] (the fraction of the fine-tune's change kept), got {keep!r}")
+    keep_for = keep_of(keep)
     reference = original.state_dict()
     state = model.state_dict()
     pairs = counterparts(model, state, reference)
@@ -66,5 +88,5 @@ def blend(model: nn.Module, original: nn.Module, keep: float) -> nn.Module:
         for key, source in pairs.items():
             value = state[key]
             if value.is_floating_point():
-                value.lerp_(reference[source].to(value.device, value.dtype), 1.0 - keep)
+                value.lerp_(reference[source].to(value.device, value.dtype), 1.0 - keep_for(key))
     return model

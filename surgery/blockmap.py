@@ -171,6 +171,20 @@ class ModelMap:
         order = {name: i for i, (name, _) in enumerate(self.model.named_parameters())}
         return sorted(set(names) & set(order), key=order.get)
 
+    def pooled_head(self) -> list[str]:
+        """Names of the modules with parameters that run after the last conv block on a tensor
+        without spatial dimensions (the pooled features): the quality head, which
+        ``robustify(target=)``'s calibration may keep whole while it blends the rest."""
+        start = _first_call(self.blocks[-1].name, self.calls) if self.blocks else None
+        if start is None:
+            return []
+        return [
+            name for name, module in self.model.named_modules()
+            if next(module.parameters(recurse=False), None) is not None
+            and (call := self.calls.get(name)) is not None and call.order > start
+            and call.in_shape is not None and len(call.in_shape) == 2
+        ]
+
     def in_shape(self, name: str) -> tuple[int, ...]:
         """(C, H, W) that module ``name`` receives for the example input."""
         return self.calls[name].in_shape[1:]

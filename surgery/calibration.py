@@ -36,7 +36,9 @@ KEEP_GRID: tuple[float, ...] = tuple(k / 10 for k in range(1, 11))
 @dataclass
 class Calibration:
     """What ``robustify(target=...)`` chose and why: the keep, validation SROCC and the quick
-    robustness figure for the original and the result, and every keep measured (``grid``)."""
+    robustness figure for the original and the result, and every blend measured (``grid``).
+    ``head_keep`` is the keep of the ``head`` modules (the keep itself, or 1.0 when the head's
+    change is kept whole); :attr:`blend_keep` is what :func:`~surgery.blend` takes."""
 
     target: float
     keep: float
@@ -47,13 +49,25 @@ class Calibration:
     val_gain: float
     attack: str
     grid: list[dict] = field(default_factory=list)
+    head_keep: float | None = None
+    head: tuple[str, ...] = ()
+
+    @property
+    def blend_keep(self) -> float | dict[str, float]:
+        """The chosen blend as :func:`~surgery.blend`'s ``keep``."""
+        if self.head_keep is None or self.head_keep == self.keep:
+            return self.keep
+        return {"": self.keep, **{name: self.head_keep for name in self.head}}
 
     def __str__(self) -> str:
         kept = self.val_srocc / self.val_srocc_original
+        chosen = f"keep {self.keep:g}" + (
+            f" (the head's change kept whole: {', '.join(self.head)})" if self.blend_keep != self.keep else ""
+        )
         verdict = (
-            f"keep {self.keep:g}: the most robust blend whose validation SROCC keeps >= {self.target:.1%} of the original's"
+            f"{chosen}: the most robust blend whose validation SROCC keeps >= {self.target:.1%} of the original's"
             if self.met else
-            f"keep {self.keep:g}: NO blend keeps {self.target:.1%} of the original's validation SROCC; this one keeps the most"
+            f"{chosen}: NO blend keeps {self.target:.1%} of the original's validation SROCC; this one keeps the most"
         )
         lines = [
             verdict,
@@ -61,9 +75,12 @@ class Calibration:
             f"{self.attack} AbsGain on validation images {self.val_gain_original:.4f} -> {self.val_gain:.4f} "
             f"({self.val_gain / self.val_gain_original:.2f}x the original's)" if self.val_gain_original > 0 else
             f"{self.attack} AbsGain on validation images {self.val_gain_original:.4f} -> {self.val_gain:.4f}",
-            "| keep | val SROCC | kept | val AbsGain |", "|---|---|---|---|",
+            "| keep | head keep | val SROCC | kept | val AbsGain |", "|---|---|---|---|---|",
         ]
-        lines += [f"| {r['keep']:g} | {r['val_srocc']:.4f} | {r['srocc_kept']:.1%} | {r['val_gain']:.4f} |" for r in self.grid]
+        lines += [
+            f"| {r['keep']:g} | {r['head_keep']:g} | {r['val_srocc']:.4f} | {r['srocc_kept']:.1%} | {r['val_gain']:.4f} |"
+            for r in self.grid
+        ]
         return "\n".join(lines)
 
 
@@ -92,9 +109,12 @@ def calibrate_blend(
     steps: int = 10,
     batch_size: int = 8,
     seed: int = 0,
+    head: Sequence[str] = (),
 ) -> Calibration:
     """Measure every blend of ``tuned`` toward ``original`` in ``keeps`` on ``val`` and choose
-    (see the module docstring); neither model is changed. The attack: PGD with a random start,
+    (see the module docstring); neither model is changed. With ``head`` (module names, e.g.
+    :meth:`surgery.blockmap.ModelMap.pooled_head`), the blends that keep the head's change
+    whole and ``0`` or a keep below 1 of the rest are measured too, and the choice is among all. The attack: PGD with a random start,
     ``steps`` steps at ``eps``, seeded, on the first ``attack_images`` validation images."""
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise ValueError(f"target must be the fraction of the original's validation SROCC to keep, in (0, 1], got {target!r}")
@@ -111,11 +131,19 @@ def calibrate_blend(
     name = f"pgd-{steps}-rs at {eps * 255:g}/255"
     srocc_0, gain_0, mos = _measure(original, stream, mos, attacked, attack)
     work = copy.deepcopy(tuned)  # each keep blends a fresh copy of the tuned weights, which stay as they are
+    head = tuple(head)
+    unknown = sorted(set(head) - dict(tuned.named_modules()).keys())
+    if unknown:
+        raise ValueError(f"head names modules the model does not have: {unknown[:5]} (pass module names, e.g. locate(...).pooled_head())")
+    points = [(keep, keep) for keep in keeps]
+    if head:
+        points += [(keep, 1.0) for keep in sorted({0.0, *keeps}) if keep < 1.0]
     grid = []
-    for keep in keeps:
+    for keep, head_keep in points:
         work.load_state_dict(tuned.state_dict())
-        srocc, gain, _ = _measure(blend(work, original, keep), stream, mos, attacked, attack)
-        grid.append({"keep": keep, "val_srocc": srocc, "srocc_kept": srocc / srocc_0, "val_gain": gain})
+        amount = keep if head_keep == keep else {"": keep, **{name: head_keep for name in head}}
+        srocc, gain, _ = _measure(blend(work, original, amount), stream, mos, attacked, attack)
+        grid.append({"keep": keep, "head_keep": head_keep, "val_srocc": srocc, "srocc_kept": srocc / srocc_0, "val_gain": gain})
     passing = [r for r in grid if r["val_srocc"] >= target * srocc_0]
     met = bool(passing)
     chosen = min(passing, key=lambda r: (r["val_gain"], -r["keep"])) if met else max(grid, key=lambda r: r["val_srocc"])
@@ -127,5 +155,5 @@ def calibrate_blend(
         )
     return Calibration(
         target=float(target), keep=chosen["keep"], met=met, val_srocc_original=srocc_0, val_srocc=chosen["val_srocc"],
-        val_gain_original=gain_0, val_gain=chosen["val_gain"], attack=name, grid=grid,
+        val_gain_original=gain_0, val_gain=chosen["val_gain"], attack=name, grid=grid, head_keep=chosen["head_keep"], head=head,
     )

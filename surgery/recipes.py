@@ -236,7 +236,7 @@ def robustify(
             result.calibration = calibrate_blend(
                 original, hardened, val, target, batch_size=options["batch_size"], seed=options.get("seed", 0)
             )
-            blend(hardened, original, result.calibration.keep)
+            blend(hardened, original, result.calibration.blend_keep)
             if options.get("progress", True):
                 tqdm.write(f"robustify, calibrated on validation:\n{result.calibration}")
         elif chosen.blend is not None:

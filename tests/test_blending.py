@@ -67,3 +67,29 @@ def test_blend_refuses_a_pruned_model_another_architecture_and_a_keep_outside_ze
         surgery.blend(copy.deepcopy(original), original, 1.5)
     with pytest.raises(ValueError, match="not one architecture.*the model the fine-tune started from"):
         surgery.blend(BatchNormIQA(), original, 0.5)
+
+
+def test_a_keep_per_module_moves_each_tensor_by_its_modules_keep():
+    """The longest module name that contains a tensor gives its keep; '' gives the rest's."""
+    original = BatchNormIQA()
+    model = trained_copy(original)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reference = original.state_dict()
+    names = [k for k, v in before.items() if v.is_floating_point()]
+    first = names[0].rsplit(".", 1)[0]
+    keeps = {"": 0.2, first: 1.0, names[-1]: 0.0}  # a module, and a single tensor by its own name
+    surgery.blend(model, original, keeps)
+    for key in names:
+        expected = 1.0 if key.startswith(f"{first}.") else 0.0 if key == names[-1] else 0.2
+        torch.testing.assert_close(model.state_dict()[key], reference[key] + expected * (before[key] - reference[key]))
+
+
+@pytest.mark.parametrize("keeps, says", [
+    ({"head": 1.0}, "needs a '' entry"),
+    ({"": 0.5, "head": 1.5}, r"keep\['head'\] must be in \[0, 1\]"),
+    ({"": True}, r"keep\[''\] must be in \[0, 1\]"),
+])
+def test_a_bad_keep_per_module_is_named(keeps, says):
+    original = SmallCNN()
+    with pytest.raises(ValueError, match=says):
+        surgery.blend(copy.deepcopy(original), original, keeps)

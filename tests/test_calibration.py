@@ -59,6 +59,43 @@ def test_an_unreachable_target_keeps_the_most_accurate_blend_and_says_so(dial):
     assert not report.met and report.keep == 0.2 and "NO blend" in str(report)
 
 
+class TrunkAndHead(nn.Module):
+    """Two dials: ``trunk.value`` and ``head.value`` are the keeps of the blend each came from."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.trunk, self.head = Dial(value), Dial(value)
+
+    def forward(self, x):
+        return self.trunk(x) + self.head(x)
+
+
+# (trunk keep, head keep) -> validation SROCC, gain: the head buys robustness cheaply
+TWO = {(0.0, 0.0): (0.90, 1.0), (0.5, 0.5): (0.895, 0.6), (1.0, 1.0): (0.85, 0.3),
+       (0.0, 1.0): (0.898, 0.7), (0.5, 1.0): (0.893, 0.5)}
+
+
+def test_with_a_head_the_blends_that_keep_the_head_whole_are_measured_and_chosen(monkeypatch):
+    def measure(model, stream, mos, attacked, attack):
+        return *TWO[(round(model.trunk.value.item(), 6), round(model.head.value.item(), 6))], torch.zeros(1)
+
+    monkeypatch.setattr(surgery.calibration, "_measure", measure)
+    original, tuned = TrunkAndHead(0.0), TrunkAndHead(1.0)
+    with torch.no_grad():
+        for name, value in original.state_dict().items():
+            if not name.endswith("value"):
+                tuned.state_dict()[name].copy_(value)
+    val = (torch.rand(4, 3, 8, 8), torch.rand(4))
+    report = calibrate_blend(original, tuned, val, 0.99, keeps=[0.5, 1.0], head=["head"])
+    assert [(r["keep"], r["head_keep"]) for r in report.grid] == [(0.5, 0.5), (1.0, 1.0), (0.0, 1.0), (0.5, 1.0)]
+    assert (report.keep, report.head_keep, report.val_gain) == (0.5, 1.0, 0.5)
+    assert report.blend_keep == {"": 0.5, "head": 1.0} and "the head's change kept whole: head" in str(report)
+    plain = calibrate_blend(original, tuned, val, 0.99, keeps=[0.5, 1.0])  # no head: the uniform blends only
+    assert plain.blend_keep == 0.5 and [r["head_keep"] for r in plain.grid] == [0.5, 1.0]
+    with pytest.raises(ValueError, match="head names modules the model does not have"):
+        calibrate_blend(original, tuned, val, 0.99, head=["classifier"])
+
+
 class Squashed(nn.Module):
     """SmallCNN's score times a learnable factor: blending toward a smaller factor only squashes the scores."""
 

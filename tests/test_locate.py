@@ -9,7 +9,7 @@ from torch import nn
 import surgery
 from surgery import locate
 from tests.conftest import requires_pyiqa
-from tests.models import TwoBranch, conv_stage
+from tests.models import SmallCNN, TwoBranch, conv_stage
 
 CASES = {
     # name: (builder, input_size, number of blocks, auto positions)
@@ -138,3 +138,13 @@ def test_positions_report_the_lemma_ratio_of_the_preceding_block():
     assert rows[4]["lemma_ratio"] == pytest.approx(256 * 14 * 14 / (128 * 28 * 28))
     # before layer1 it receives the stem conv's output: 64x112x112 from 3x224x224
     assert rows[1]["lemma_ratio"] == pytest.approx(64 * 112 * 112 / (3 * 224 * 224))
+
+
+@pytest.mark.parametrize("build, size, head", [
+    (lambda: SmallCNN(), 16, ["fc"]),
+    (lambda: surgery.create_model("timm-iqa", backbone="resnet18"), 32, ["head.0", "head.2"]),
+    (lambda: surgery.create_model("default"), 32, ["head.0", "head.3"]),
+])
+def test_the_pooled_head_is_the_layers_on_the_pooled_features(build, size, head):
+    """Not the last conv's BatchNorm (it runs after the last block, on a feature map)."""
+    assert surgery.locate(build(), input_size=(3, size, size)).pooled_head() == head
