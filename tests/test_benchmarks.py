@@ -99,7 +99,8 @@ def test_recipe_gap_measures_training_and_validation_images_and_each_distortion(
 def test_recipe_front_measures_each_candidate_over_the_keep_grid_on_validation(tmp_path, labels):
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "recipe_front.py"), "--references", "20", "--tune-steps", "1",
-        "--epochs", "1", "--val-images", "4", "--candidates", "recipe", "recipe+last", "eps-8+blocks-1", "--eps", "4", "--target", "0.5", "--head",
+        "--epochs", "1", "--val-images", "4", "--candidates", "recipe", "recipe+last", "eps-8+blocks-1", "--eps", "4", "--target", "0.5",
+        "--head",
         "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "front.md"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
