@@ -240,7 +240,7 @@ def test_robustify_calibrates_saves_and_round_trips_through_load(tmp_path, monke
     ])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "calibrated on validation" in printed and "| keep | val SROCC |" in printed and "saved to" in printed
+    assert "calibrated on validation" in printed and "| keep | head keep | val SROCC |" in printed and "saved to" in printed
     loaded = surgery.load(out).eval()
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
