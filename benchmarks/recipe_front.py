@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 import surgery
-from surgery.calibration import calibrate_blend
+from surgery.calibration import calibrate_blend, choose
 from surgery.defenses import ConsistencyTraining, OwnSpreadConsistencyTraining
 from surgery.files import atomic_write_text
 from surgery.recipes import RECIPES
@@ -93,7 +93,9 @@ def front(name: str, base, data: dict, seed: int, args) -> dict:
     With ``--head``, the calibration measures the blends that keep the head's change whole too,
     on validation images attacked evenly spaced (without: the first ones, as before)."""
     head = surgery.locate(base, input_size=(3, 224, 224)).pooled_head() if args.head else []
-    suffix = "-head-spread" if head else ""
+    if args.head and not head:
+        raise SystemExit("--head: the model has no layers on pooled features (locate(...).pooled_head() is empty)")
+    suffix = "-head-spread" if args.head else ""
     path = os.path.join(args.cache, "front", f"{name}-{data_tag(data)}-s{seed}-{'-'.join(map(str, args.eps))}{suffix}.json")
     if os.path.isfile(path):
         with open(path) as file:
@@ -102,7 +104,7 @@ def front(name: str, base, data: dict, seed: int, args) -> dict:
     record = {"candidate": name, "seed": seed, "epoch s": float(np.mean([h["seconds"] for h in result.history])),
               "epoch": result.epoch, "grids": {}}
     for eps in args.eps:
-        val = spread_first(data["val"], ATTACKED) if head else data["val"]
+        val = spread_first(data["val"], ATTACKED) if args.head else data["val"]
         calibration = calibrate_blend(base, tuned, val, args.target, eps=eps / 255, seed=seed, attack_images=ATTACKED, head=head)
         record["grids"][str(eps)] = {"original gain": calibration.val_gain_original, "original srocc": calibration.val_srocc_original,
                                      "grid": calibration.grid}
@@ -117,26 +119,29 @@ def point(row: dict) -> tuple[float, float]:
 
 
 def summary_row(record: dict, target: float, eps: list[float]) -> dict:
-    """The keep the calibrated call would choose (by the first eps's gain) and every eps's gain
-    ratio there, among the uniform blends and, where measured, among those that keep the head whole."""
+    """Per family of blends (uniform; where measured, the head kept whole) and over both (what
+    the calibrated call chooses), the blend chosen by the first eps's gain and every eps's gain
+    ratio there; and the whole fine-tune's."""
     row = {"candidate": record["candidate"], "seed": record["seed"], "epoch s": record["epoch s"],
            "epoch": record.get("epoch", record.get("best epoch"))}
     grids = {e: {point(r): r for r in record["grids"][str(e)]["grid"]} for e in eps}
-    first = grids[eps[0]]
-    families = {"": [p for p in first if p[0] == p[1]], "head whole: ": [p for p in first if p[1] == 1.0 and p[0] < 1.0]}
-    for label, points in families.items():
-        if not points:
+    first = [{**r, "head_keep": point(r)[1]} for r in record["grids"][str(eps[0])]["grid"]]
+    families = {"": [r for r in first if r["keep"] == r["head_keep"]],
+                "head whole: ": [r for r in first if r["head_keep"] == 1.0 and r["keep"] < 1.0]}
+    if families["head whole: "]:
+        families["chosen: "] = first
+    for label, rows in families.items():
+        if not rows:
             continue
-        passing = [p for p in points if first[p]["srocc_kept"] >= target]
-        chosen = min(passing, key=lambda p: (first[p]["val_gain"], -p[0])) if passing else None
-        row[f"{label}keep"] = chosen[0] if chosen else None
-        row[f"{label}val SROCC kept"] = first[chosen]["srocc_kept"] if chosen else None
+        chosen, met = choose(rows, target)
+        row[f"{label}keep"] = f"{chosen['keep']:g}" + ("" if chosen["head_keep"] == chosen["keep"] else " (head 1)") if met else None
+        row[f"{label}val SROCC kept"] = chosen["srocc_kept"] if met else None
         for e in eps:
             original = record["grids"][str(e)]["original gain"]
-            row[f"{label}x at {e:g}/255"] = grids[e][chosen]["val_gain"] / original if chosen else None
+            row[f"{label}x at {e:g}/255"] = grids[e][point(chosen)]["val_gain"] / original if met else None
     for e in eps:
         row[f"whole: x at {e:g}/255"] = grids[e][(1.0, 1.0)]["val_gain"] / record["grids"][str(e)]["original gain"]
-    row["whole: val SROCC kept"] = first[(1.0, 1.0)]["srocc_kept"]
+    row["whole: val SROCC kept"] = grids[eps[0]][(1.0, 1.0)]["srocc_kept"]
     return row
 
 

@@ -9,7 +9,7 @@ with MOS) more gently than stopping the fine-tune early would.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -49,17 +49,28 @@ def _fraction(keep, what: str) -> float:
     return float(keep)
 
 
-def keep_of(keep: float | Mapping[str, float]) -> Callable[[str], float]:
-    """The keep of each state name: ``keep`` itself, or from a mapping of module names to keeps
-    (the longest name that contains the tensor wins; ``""``, which must be there, for the rest)."""
+def _keep_of(keep: float | Mapping[str, float], names: Iterable[str] = ()) -> Callable[..., float]:
+    """The keep of a tensor known by one or more state names: ``keep`` itself, or from a mapping
+    of module names to keeps (the longest name that contains one of its names wins; ``""``,
+    which must be there, for the rest).
+    Every other name of the mapping must cover one of ``names`` (a misspelt name would
+    otherwise blend its module at the ``""`` keep without a word)."""
     if not isinstance(keep, Mapping):
         value = _fraction(keep, "keep")
-        return lambda name: value
+        return lambda *names: value
     if "" not in keep:
         raise ValueError(f"a keep per module needs a '' entry, the keep of every tensor no other name covers; got {sorted(keep)}")
     keeps = {module: _fraction(value, f"keep[{module!r}]") for module, value in keep.items()}
     by_length = sorted(keeps, key=len, reverse=True)
-    return lambda name: keeps[next(m for m in by_length if m in ("", name) or name.startswith(f"{m}."))]
+
+    def module_of(name: str) -> str:
+        return next(m for m in by_length if m in ("", name) or name.startswith(f"{m}."))
+
+    names = list(names)
+    unused = sorted(set(keeps) - {""} - {module_of(n) for n in names}) if names else []
+    if unused:
+        raise ValueError(f"keep names {unused[:5]} cover no tensor of the model: pass module names of the fine-tuned model")
+    return lambda *names: keeps[max((module_of(n) for n in names), key=len)]
 
 
 def blend(model: nn.Module, original: nn.Module, keep: float | Mapping[str, float]) -> nn.Module:
@@ -73,10 +84,11 @@ def blend(model: nn.Module, original: nn.Module, keep: float | Mapping[str, floa
     buffers (BatchNorm's step counters) are left alone. Shared tensors must have the same
     shape: a pruned model cannot be blended with its unpruned original.
     """
-    keep_for = keep_of(keep)
     reference = original.state_dict()
     state = model.state_dict()
     pairs = counterparts(model, state, reference)
+    # a name in the fine-tuned model's naming or in the original's (across a splice)
+    keep_for = _keep_of(keep, [*pairs, *pairs.values()])
     clashes = [k for k, r in pairs.items() if reference[r].shape != state[k].shape]
     if clashes:
         key = clashes[0]
@@ -84,9 +96,11 @@ def blend(model: nn.Module, original: nn.Module, keep: float | Mapping[str, floa
             f"cannot blend: {len(clashes)} tensors changed shape, e.g. {key!r} "
             f"{tuple(reference[pairs[key]].shape)} -> {tuple(state[key].shape)} (pruned?); blend before pruning"
         )
+    blended = set()  # a module reached by two names lists its tensors twice: blend them once
     with torch.no_grad():
         for key, source in pairs.items():
             value = state[key]
-            if value.is_floating_point():
-                value.lerp_(reference[source].to(value.device, value.dtype), 1.0 - keep_for(key))
+            if value.is_floating_point() and value.data_ptr() not in blended:
+                blended.add(value.data_ptr())
+                value.lerp_(reference[source].to(value.device, value.dtype), 1.0 - keep_for(key, source))
     return model

@@ -172,17 +172,24 @@ class ModelMap:
         return sorted(set(names) & set(order), key=order.get)
 
     def pooled_head(self) -> list[str]:
-        """Names of the modules with parameters that run after the last conv block on a tensor
-        without spatial dimensions (the pooled features): the quality head, which
-        ``robustify(target=)``'s calibration may keep whole while it blends the rest."""
-        start = _first_call(self.blocks[-1].name, self.calls) if self.blocks else None
-        if start is None:
-            return []
+        """Names of the modules with weights (parameters or float buffers) that run on pooled
+        features (an input without spatial extent: ``(B, C)`` or ``(B, C, 1, 1)``) outside every
+        conv block: the quality head, which ``calibrate_blend(head=)`` may keep whole while it
+        blends the rest. Judged on the example input: locate on an image of the size the model
+        scores (on a tiny one, the last feature map is 1x1 itself)."""
+        def pooled(name: str) -> bool:
+            call = self.calls.get(name)
+            return call is not None and call.in_shape is not None and len(call.in_shape) >= 2 and math.prod(call.in_shape[2:]) == 1
+
+        def weighted(module: nn.Module) -> bool:
+            return next(module.parameters(recurse=False), None) is not None or any(
+                b.is_floating_point() for b in module.buffers(recurse=False))
+
+        # a block's own pooled layers (a squeeze-excitation gate) are trunk; a block on pooled features is head
+        inside = tuple(f"{b.name}." for b in self.blocks if not pooled(b.name))
         return [
             name for name, module in self.model.named_modules()
-            if next(module.parameters(recurse=False), None) is not None
-            and (call := self.calls.get(name)) is not None and call.order > start
-            and call.in_shape is not None and len(call.in_shape) == 2
+            if name and weighted(module) and not f"{name}.".startswith(inside) and pooled(name)
         ]
 
     def in_shape(self, name: str) -> tuple[int, ...]:

@@ -4,7 +4,8 @@ The robust recipes fine-tune with a consistency strength that overshoots (more r
 needed, less accurate), and the blend (:func:`~surgery.blend`, WiSE-FT, Wortsman et al.
 2022) moves the weights back toward the original's: blending costs forward passes only,
 so every keep of a grid is measured on validation and the operating point is chosen
-there, never on the data a result is reported on. The choice: the most robust keep whose
+there, never on the data a result is reported on (with a ``head``, also the blends that keep
+the head's change whole and blend the rest). The choice: the most robust blend whose
 validation SROCC keeps at least ``target`` of the original's; robustness is the mean
 AbsGain of a random-start PGD raising the score of a few validation images, each model's
 normalised by the range of its own validation scores (a fine-tune that squashes its scores
@@ -28,7 +29,7 @@ from .blending import blend
 from .evaluation import clean_pass
 from .scoring import scores
 
-__all__ = ["Calibration", "calibrate_blend", "KEEP_GRID"]
+__all__ = ["Calibration", "calibrate_blend", "choose", "KEEP_GRID"]
 
 KEEP_GRID: tuple[float, ...] = tuple(k / 10 for k in range(1, 11))
 
@@ -97,6 +98,16 @@ def _measure(model: nn.Module, stream: ImageStream, mos: torch.Tensor | None, at
     return metrics.srocc(clean, mos), metrics.abs_gain(clean[: attacked.shape[0]], gained, lo, hi), mos
 
 
+def choose(grid: list[dict], target: float) -> tuple[dict, bool]:
+    """The grid row chosen for ``target`` and whether it meets it: the lowest ``val_gain`` among
+    the rows whose ``srocc_kept`` >= ``target`` (ties: the larger keep, then the larger head
+    keep), else the row of the highest ``val_srocc``."""
+    passing = [r for r in grid if r["srocc_kept"] >= target]
+    if not passing:
+        return max(grid, key=lambda r: r["val_srocc"]), False
+    return min(passing, key=lambda r: (r["val_gain"], -r["keep"], -r.get("head_keep", r["keep"]))), True
+
+
 def calibrate_blend(
     original: nn.Module,
     tuned: nn.Module,
@@ -132,9 +143,12 @@ def calibrate_blend(
     srocc_0, gain_0, mos = _measure(original, stream, mos, attacked, attack)
     work = copy.deepcopy(tuned)  # each keep blends a fresh copy of the tuned weights, which stay as they are
     head = tuple(head)
-    unknown = sorted(set(head) - dict(tuned.named_modules()).keys())
-    if unknown:
-        raise ValueError(f"head names modules the model does not have: {unknown[:5]} (pass module names, e.g. locate(...).pooled_head())")
+    unknown = sorted(set(head) - (dict(tuned.named_modules()).keys() - {""}))
+    if unknown or len(set(head)) != len(head):
+        raise ValueError(
+            f"head must name distinct modules of the model, not the whole model (''): got {list(head)[:5]}"
+            " (e.g. locate(...).pooled_head())"
+        )
     points = [(keep, keep) for keep in keeps]
     if head:
         points += [(keep, 1.0) for keep in sorted({0.0, *keeps}) if keep < 1.0]
@@ -144,9 +158,7 @@ def calibrate_blend(
         amount = keep if head_keep == keep else {"": keep, **{name: head_keep for name in head}}
         srocc, gain, _ = _measure(blend(work, original, amount), stream, mos, attacked, attack)
         grid.append({"keep": keep, "head_keep": head_keep, "val_srocc": srocc, "srocc_kept": srocc / srocc_0, "val_gain": gain})
-    passing = [r for r in grid if r["val_srocc"] >= target * srocc_0]
-    met = bool(passing)
-    chosen = min(passing, key=lambda r: (r["val_gain"], -r["keep"])) if met else max(grid, key=lambda r: r["val_srocc"])
+    chosen, met = choose(grid, target)
     if not met:
         warnings.warn(
             f"robustify: no blend keeps {target:.1%} of the original's validation SROCC ({srocc_0:.4f}); keep "

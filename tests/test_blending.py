@@ -93,3 +93,27 @@ def test_a_bad_keep_per_module_is_named(keeps, says):
     original = SmallCNN()
     with pytest.raises(ValueError, match=says):
         surgery.blend(copy.deepcopy(original), original, keeps)
+
+
+def test_a_module_name_covers_its_own_tensors_not_a_siblings_and_a_misspelt_one_is_refused():
+    original = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(12)])
+    model = trained_copy(original)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    surgery.blend(model, original, {"": 0.0, "1": 1.0})  # "1" is not "10" or "11"
+    for key, value in model.state_dict().items():
+        expected = before[key] if key.startswith("1.") else original.state_dict()[key]
+        torch.testing.assert_close(value, expected)
+    with pytest.raises(ValueError, match=r"keep names \['haed'\] cover no tensor"):
+        surgery.blend(copy.deepcopy(model), original, {"": 0.5, "haed": 1.0})
+
+
+def test_a_module_reached_by_two_names_is_blended_once():
+    """state_dict lists a shared module's tensors under both names: each was moved twice (keep squared)."""
+    original = BatchNormIQA()
+    original.alias = original.head  # the same module under a second name
+    model = trained_copy(original)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    surgery.blend(model, original, 0.5)
+    reference = original.state_dict()
+    for key in ("head.1.weight", "alias.1.weight"):
+        torch.testing.assert_close(model.state_dict()[key], reference[key] + 0.5 * (before[key] - reference[key]))

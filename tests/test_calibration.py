@@ -92,8 +92,9 @@ def test_with_a_head_the_blends_that_keep_the_head_whole_are_measured_and_chosen
     assert report.blend_keep == {"": 0.5, "head": 1.0} and "the head's change kept whole: head" in str(report)
     plain = calibrate_blend(original, tuned, val, 0.99, keeps=[0.5, 1.0])  # no head: the uniform blends only
     assert plain.blend_keep == 0.5 and [r["head_keep"] for r in plain.grid] == [0.5, 1.0]
-    with pytest.raises(ValueError, match="head names modules the model does not have"):
-        calibrate_blend(original, tuned, val, 0.99, head=["classifier"])
+    for head in (["classifier"], [""], ["head", "head"]):
+        with pytest.raises(ValueError, match="head must name distinct modules of the model"):
+            calibrate_blend(original, tuned, val, 0.99, head=head)
 
 
 class Squashed(nn.Module):

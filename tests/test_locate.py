@@ -143,8 +143,38 @@ def test_positions_report_the_lemma_ratio_of_the_preceding_block():
 @pytest.mark.parametrize("build, size, head", [
     (lambda: SmallCNN(), 16, ["fc"]),
     (lambda: surgery.create_model("timm-iqa", backbone="resnet18"), 32, ["head.0", "head.2"]),
-    (lambda: surgery.create_model("default"), 32, ["head.0", "head.3"]),
+    (lambda: surgery.create_model("default"), 64, ["head.0", "head.3"]),  # at 32 its last feature map is 1x1 itself
 ])
 def test_the_pooled_head_is_the_layers_on_the_pooled_features(build, size, head):
     """Not the last conv's BatchNorm (it runs after the last block, on a feature map)."""
     assert surgery.locate(build(), input_size=(3, size, size)).pooled_head() == head
+
+
+class _Gate(nn.Module):
+    """A squeeze-excitation gate: Linear layers on pooled features, inside a conv block."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.fc = nn.Linear(channels, channels)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean((2, 3))))[:, :, None, None]
+
+
+class GatedWithConvHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.last = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _Gate(8))
+        self.project = nn.Conv2d(8, 4, 1)  # runs on (B, 8, 1, 1): part of the head
+        self.norm = nn.BatchNorm1d(4, affine=False)  # no parameters, but statistics
+        self.fc = nn.Linear(4, 1)
+
+    def forward(self, x):
+        pooled = self.last(self.stem(x)).mean((2, 3), keepdim=True)
+        return self.fc(self.norm(self.project(pooled).flatten(1))).squeeze(-1)
+
+
+def test_the_pooled_head_leaves_out_a_blocks_own_pooled_layers_and_keeps_a_1x1_conv_and_statistics():
+    blocks = surgery.locate(GatedWithConvHead(), input_size=(3, 16, 16))
+    assert blocks.pooled_head() == ["project", "norm", "fc"]
