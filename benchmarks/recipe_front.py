@@ -88,13 +88,10 @@ def tuned_candidate(name: str, base, data: dict, seed: int, cache: str):
                              checkpoint_dir=folder, select="last" if "last" in parts else "best", **options)
 
 
-def front(name: str, base, data: dict, seed: int, args) -> dict:
+def front(name: str, base, data: dict, seed: int, head: list[str], args) -> dict:
     """The candidate's fine-tune (cached) and its calibration grid at every ``--eps`` (cached).
-    With ``--head``, the calibration measures the blends that keep the head's change whole too,
-    on validation images attacked evenly spaced (without: the first ones, as before)."""
-    head = surgery.locate(base, input_size=(3, 224, 224)).pooled_head() if args.head else []
-    if args.head and not head:
-        raise SystemExit("--head: the model has no layers on pooled features (locate(...).pooled_head() is empty)")
+    With ``--head``, the calibration measures the blends that keep the ``head`` modules' change
+    whole too, on validation images attacked evenly spaced (without: the first ones, as before)."""
     suffix = "-head-spread" if args.head else ""
     path = os.path.join(args.cache, "front", f"{name}-{data_tag(data)}-s{seed}-{'-'.join(map(str, args.eps))}{suffix}.json")
     if os.path.isfile(path):
@@ -160,7 +157,10 @@ def main() -> None:
     started = time.time()
     data = load_data(args)
     base = surgery.create_model("default", pretrained=True).eval()
-    rows = [summary_row(front(name, base, data, seed, args), args.target, args.eps)
+    head = surgery.locate(base, input_size=(3, 224, 224)).pooled_head() if args.head else []
+    if args.head and not head:
+        raise SystemExit("--head: the model has no layers on pooled features (locate(...).pooled_head() is empty)")
+    rows = [summary_row(front(name, base, data, seed, head, args), args.target, args.eps)
             for name in args.candidates for seed in args.seeds]
     table = surgery.Table([], rows).to_markdown()
     atomic_write_text(f"## The recipe's front on validation (target {args.target:.0%})\n\n{table}\n", args.out)

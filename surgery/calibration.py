@@ -125,10 +125,18 @@ def calibrate_blend(
     """Measure every blend of ``tuned`` toward ``original`` in ``keeps`` on ``val`` and choose
     (see the module docstring); neither model is changed. With ``head`` (module names, e.g.
     :meth:`surgery.blockmap.ModelMap.pooled_head`), the blends that keep the head's change
-    whole and ``0`` or a keep below 1 of the rest are measured too, and the choice is among all. The attack: PGD with a random start,
-    ``steps`` steps at ``eps``, seeded, on the first ``attack_images`` validation images."""
+    whole and ``0`` or a keep below 1 of the rest are measured too, and the choice is among
+    all. The attack: PGD with a random start, ``steps`` steps at ``eps``, seeded, on the first
+    ``attack_images`` validation images."""
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise ValueError(f"target must be the fraction of the original's validation SROCC to keep, in (0, 1], got {target!r}")
+    head = tuple(head)
+    unknown = sorted(set(head) - (dict(tuned.named_modules()).keys() - {""}))
+    if unknown or len(set(head)) != len(head):
+        raise ValueError(
+            f"head must name distinct modules of the model, not the whole model (''): got {list(head)[:5]}"
+            " (e.g. locate(...).pooled_head())"
+        )
     keeps = sorted(set(float(k) for k in keeps))
     if not keeps or not all(0 <= k <= 1 for k in keeps):
         raise ValueError(f"keeps must be fractions in [0, 1], got {keeps!r}")
@@ -142,13 +150,6 @@ def calibrate_blend(
     name = f"pgd-{steps}-rs at {eps * 255:g}/255"
     srocc_0, gain_0, mos = _measure(original, stream, mos, attacked, attack)
     work = copy.deepcopy(tuned)  # each keep blends a fresh copy of the tuned weights, which stay as they are
-    head = tuple(head)
-    unknown = sorted(set(head) - (dict(tuned.named_modules()).keys() - {""}))
-    if unknown or len(set(head)) != len(head):
-        raise ValueError(
-            f"head must name distinct modules of the model, not the whole model (''): got {list(head)[:5]}"
-            " (e.g. locate(...).pooled_head())"
-        )
     points = [(keep, keep) for keep in keeps]
     if head:
         points += [(keep, 1.0) for keep in sorted({0.0, *keeps}) if keep < 1.0]
