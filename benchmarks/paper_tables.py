@@ -14,10 +14,10 @@ trunk before them is neither trained nor pruned, for every variant alike. Varian
 - ``cayley+l2`` / ``cayley+pls``: RobustBlock + 10% pruning + fine-tune (the method);
 - ``nt`` / ``at``: fine-tune with gradient-norm regularisation / adversarial training;
 - ``silu``: ReLU6 -> SiLU in the fine-tuned layers (partial replacement) + fine-tune;
-- ``robust`` / ``robust-strong``: ``surgery.robustify(default, train, val, recipe=name, seed=s)``
-  exactly as it ships (the recipe's own loss, epochs, lr and trained parts, whatever this
-  script's fine-tune options; its fixed blend, not a calibrated one: ``recipe_proof.py`` measures
-  ``target=0.99``); the two share one fine-tune;
+- ``robust`` / ``robust-strong``: ``surgery.robustify(default, train, val, recipe=name, target=None,
+  seed=s)`` (the recipe's own loss, epochs, lr and trained parts, whatever this script's
+  fine-tune options; its fixed blend, not the calibrated one it ships with: ``recipe_proof.py``
+  measures that); the two share one fine-tune;
 - ``trades`` / ``trades-B``: consistency training with this script's fine-tune (B its weight;
   ``--trades-*``: the comparison's 3 steps on every image at beta 0.02, which the robust recipes
   used before their 2 steps on half of each batch at beta 0.04: ``trades-0.04+share-0.5+steps-2``),
@@ -116,16 +116,6 @@ def load_data(args) -> dict:
         "attack_subset": pick,
         "kinds": kinds,
     }
-
-
-def spread_first(data: tuple[torch.Tensor, torch.Tensor], count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same images and scores with ``count`` evenly spaced ones first (calibrate_blend attacks the first)."""
-    images, mos = data
-    picked = torch.linspace(0, len(mos) - 1, count).round().long().unique()
-    chosen = set(picked.tolist())
-    rest = torch.tensor([i for i in range(len(mos)) if i not in chosen], dtype=torch.long)
-    order = torch.cat([picked, rest])
-    return images[order], mos[order]
 
 
 def attacked_tag(data: dict) -> str:
@@ -301,11 +291,11 @@ def data_tag(data: dict) -> str:
 
 
 def robust_recipe(variant: str, base, data, seed: int, args) -> tuple[torch.nn.Module, float]:
-    """The robust recipe ``variant`` as a user calls it (its fine-tune shared by ``robust`` and
+    """The robust recipe ``variant`` with its fixed blend (its fine-tune shared by ``robust`` and
     ``robust-strong``): the model and seconds per fine-tune epoch."""
     folder = os.path.join(args.cache, "tune", f"recipe-robust-{RECIPES[variant].training_digest()}-{data_tag(data)}-s{seed}")
-    model, result = surgery.robustify(base, data["tune"], data["val"], recipe=variant, seed=seed, checkpoint_dir=folder,
-                                      progress=False)
+    model, result = surgery.robustify(base, data["tune"], data["val"], recipe=variant, target=None, seed=seed,
+                                      checkpoint_dir=folder, progress=False)
     return model.eval(), float(np.mean([h["seconds"] for h in result.history]))
 
 

@@ -8,18 +8,21 @@ A candidate is ``surgery.robustify(model, train, val, recipe="robust-strong", se
 settings, the others as the recipe's), ``epochs-N``, ``all`` (every parameter trains:
 ``parameters=list(model.parameters())``), ``blocks-N`` (the last N conv blocks and the head, the
 recipe's rule with N for its 4), ``own`` (:class:`~surgery.defenses.OwnSpreadConsistencyTraining`:
-the gap in the batch's own score spread), ``last`` (the last epoch is blended, not the best by
-validation SROCC: the same fine-tune, ``select="last"``). Every keep of :data:`surgery.calibration.KEEP_GRID`
-is scored on the 252 validation images (SROCC) and attacked on 16 of them (random-start
-PGD-10 raising the score at each ``--eps``, every gain in the blend's own validation score
-range); the table gives, per candidate, the most
-robust keep whose validation SROCC keeps >= ``--target`` of the original's (the keep the
-calibrated call would choose) and its gains as multiples of the original's. No test
+the gap in the batch's own score spread), ``last`` / ``best`` (the last epoch is blended, or
+the best by validation SROCC, instead of the recipe's ``select``: the same fine-tune). Every
+blend the calibration measures (every keep of :data:`surgery.calibration.KEEP_GRID`, and the
+head's change kept whole with the rest at 0..0.9) is scored on the 252 validation images
+(SROCC) and attacked on 16 of them, evenly spaced (random-start PGD-10 at each ``--eps`` in
+each of ``--directions``, raising and lowering the score by default, every gain in the blend's
+own validation score range); the table gives, per family of blends and over both, the most
+robust blend (by its worse direction) whose validation SROCC keeps >= ``--target`` of the
+original's (over both: what the calibrated call chooses) and its gains per direction as
+multiples of the original's. No test
 reference is touched: what wins here is then measured on test by ``recipe_proof.py``.
 
 Fine-tunes and calibrations are cached under ``--cache``: a run that stops continues.
 
-    python benchmarks/recipe_front.py --candidates recipe all eps-8 beta-0.08 epochs-4
+    python benchmarks/recipe_front.py --candidates recipe all eps-8 beta-0.08 epochs-2+best
 """
 from __future__ import annotations
 
@@ -37,9 +40,7 @@ from surgery.defenses import ConsistencyTraining, OwnSpreadConsistencyTraining
 from surgery.files import atomic_write_text
 from surgery.recipes import RECIPES
 
-from paper_tables import add_data_arguments, data_tag, load_data, parse_with_data, spread_first
-
-ATTACKED = 16  # validation images the calibration attacks (robustify's)
+from paper_tables import add_data_arguments, data_tag, load_data, parse_with_data
 
 DEFENSE_KEYS = {"eps": "eps", "beta": "beta", "steps": "steps", "share": "fraction"}
 
@@ -53,7 +54,7 @@ def candidate_options(name: str, base, spread: float) -> dict:
     defense = ConsistencyTraining
     for part in name.split("+"):
         key, _, value = part.partition("-")
-        if part in ("recipe", "last"):
+        if part in ("recipe", "last", "best"):
             continue
         if key in DEFENSE_KEYS and value:
             settings[DEFENSE_KEYS[key]] = float(value)
@@ -68,7 +69,8 @@ def candidate_options(name: str, base, spread: float) -> dict:
             options["parameters"] = [own[n] for n in surgery.locate(base, input_size=(3, 224, 224)).trailing_parameters(int(value))]
         else:
             raise ValueError(
-                f"candidate {name!r}: unknown part {part!r} (recipe, eps-E, beta-B, steps-K, share-F, epochs-N, all, blocks-N, own, last)"
+                f"candidate {name!r}: unknown part {part!r} "
+                "(recipe, eps-E, beta-B, steps-K, share-F, epochs-N, all, blocks-N, own, last, best)"
             )
     options["defense"] = defense(
         eps=settings["eps"] / 255, steps=int(settings["steps"]), beta=settings["beta"], scale=spread, fraction=settings["fraction"]
@@ -76,24 +78,32 @@ def candidate_options(name: str, base, spread: float) -> dict:
     return options
 
 
-def tuned_candidate(name: str, base, data: dict, seed: int, cache: str):
-    """``(fine-tuned model, its history)`` of candidate ``name`` (cached under ``cache/tune``)."""
+def training(name: str, base, data: dict) -> tuple[dict, str, str]:
+    """Candidate ``name``'s robustify keywords, the digest of what it trains and the epoch it returns."""
     options = candidate_options(name, base, float(data["tune"][1].std()))
     digest = dataclasses.replace(RECIPES["robust-strong"], defense=lambda _: options["defense"],
                                  epochs=options.get("epochs", RECIPES["robust-strong"].epochs)).training_digest()
     parts = name.split("+")
-    trained_as = "+".join(p for p in parts if p != "last") or "recipe"  # "last" trains nothing new
+    select = "last" if "last" in parts else "best" if "best" in parts else RECIPES["robust-strong"].select
+    return options, digest, select
+
+
+def tuned_candidate(name: str, base, data: dict, seed: int, cache: str):
+    """``(fine-tuned model, its history)`` of candidate ``name`` (cached under ``cache/tune``)."""
+    options, digest, select = training(name, base, data)
+    trained_as = "+".join(p for p in name.split("+") if p not in ("last", "best")) or "recipe"  # they train nothing new
     folder = os.path.join(cache, "tune", f"{trained_as}-{digest}-{data_tag(data)}-s{seed}")
     return surgery.robustify(base, data["tune"], data["val"], recipe="robust-strong", seed=seed,
-                             checkpoint_dir=folder, select="last" if "last" in parts else "best", **options)
+                             checkpoint_dir=folder, select=select, **options)
 
 
 def front(name: str, base, data: dict, seed: int, head: list[str], args) -> dict:
-    """The candidate's fine-tune (cached) and its calibration grid at every ``--eps`` (cached).
-    With ``--head``, the calibration measures the blends that keep the ``head`` modules' change
-    whole too, on validation images attacked evenly spaced (without: the first ones, as before)."""
-    suffix = "-head-spread" if args.head else ""
-    path = os.path.join(args.cache, "front", f"{name}-{data_tag(data)}-s{seed}-{'-'.join(map(str, args.eps))}{suffix}.json")
+    """The candidate's fine-tune (cached) and its calibration grid at every ``--eps``, as
+    ``robustify(target=)`` measures it, ``head`` the modules it may keep whole (cached, named by
+    what trains and the epoch blended)."""
+    _, digest, select = training(name, base, data)
+    tag = f"{digest}-{select}-{data_tag(data)}-s{seed}-{'-'.join(map(str, args.eps))}-head-spread-{'-'.join(args.directions)}"
+    path = os.path.join(args.cache, "front", f"{name}-{tag}.json")
     if os.path.isfile(path):
         with open(path) as file:
             return json.load(file)
@@ -101,8 +111,8 @@ def front(name: str, base, data: dict, seed: int, head: list[str], args) -> dict
     record = {"candidate": name, "seed": seed, "epoch s": float(np.mean([h["seconds"] for h in result.history])),
               "epoch": result.epoch, "grids": {}}
     for eps in args.eps:
-        val = spread_first(data["val"], ATTACKED) if args.head else data["val"]
-        calibration = calibrate_blend(base, tuned, val, args.target, eps=eps / 255, seed=seed, attack_images=ATTACKED, head=head)
+        calibration = calibrate_blend(base, tuned, data["val"], args.target, eps=eps / 255, seed=seed, head=head,
+                                      directions=args.directions)
         record["grids"][str(eps)] = {"original gain": calibration.val_gain_original, "original srocc": calibration.val_srocc_original,
                                      "grid": calibration.grid}
         print(f"{name} s{seed}, PGD-10 at {eps}/255:\n{calibration}", flush=True)
@@ -116,9 +126,9 @@ def point(row: dict) -> tuple[float, float]:
 
 
 def summary_row(record: dict, target: float, eps: list[float]) -> dict:
-    """Per family of blends (uniform; where measured, the head kept whole) and over both (what
-    the calibrated call chooses), the blend chosen by the first eps's gain and every eps's gain
-    ratio there; and the whole fine-tune's."""
+    """Per family of blends (uniform; the head kept whole) and over both (what the calibrated
+    call chooses), the blend chosen by the first eps's gains and every eps's gain ratio there,
+    per direction; and the whole fine-tune's."""
     row = {"candidate": record["candidate"], "seed": record["seed"], "epoch s": record["epoch s"],
            "epoch": record.get("epoch", record.get("best epoch"))}
     grids = {e: {point(r): r for r in record["grids"][str(e)]["grid"]} for e in eps}
@@ -134,12 +144,19 @@ def summary_row(record: dict, target: float, eps: list[float]) -> dict:
         row[f"{label}keep"] = f"{chosen['keep']:g}" + ("" if chosen["head_keep"] == chosen["keep"] else " (head 1)") if met else None
         row[f"{label}val SROCC kept"] = chosen["srocc_kept"] if met else None
         for e in eps:
-            original = record["grids"][str(e)]["original gain"]
-            row[f"{label}x at {e:g}/255"] = grids[e][point(chosen)]["val_gain"] / original if met else None
+            for direction, x in ratios(record, e, grids[e][point(chosen)]).items():
+                row[f"{label}{direction} x at {e:g}/255"] = x if met else None
     for e in eps:
-        row[f"whole: x at {e:g}/255"] = grids[e][(1.0, 1.0)]["val_gain"] / record["grids"][str(e)]["original gain"]
+        for direction, x in ratios(record, e, grids[e][(1.0, 1.0)]).items():
+            row[f"whole: {direction} x at {e:g}/255"] = x
     row["whole: val SROCC kept"] = grids[eps[0]][(1.0, 1.0)]["srocc_kept"]
     return row
+
+
+def ratios(record: dict, eps: float, grid_row: dict) -> dict[str, float]:
+    """A blend's gain per direction as a multiple of the original's, at ``eps``."""
+    original = record["grids"][str(eps)]["original gain"]
+    return {d: grid_row["val_gain"][d] / original[d] for d in original}
 
 
 def main() -> None:
@@ -148,18 +165,16 @@ def main() -> None:
     parser.add_argument("--candidates", nargs="+", default=["recipe"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--target", type=float, default=0.99)
-    parser.add_argument("--head", action="store_true",
-                        help="also the blends that keep the pooled head's change whole (validation images attacked evenly spaced)")
     parser.add_argument("--eps", type=float, nargs="+", default=[4.0, 8.0], help="PGD-10 budgets, in 1/255")
+    parser.add_argument("--directions", nargs="+", choices=("up", "down"), default=["up", "down"],
+                        help="the attack's directions (robustify's: both)")
     parser.add_argument("--cache", default=".cache/front")
     parser.add_argument("--out", default="outputs/front.md")
     args = parse_with_data(parser)
     started = time.time()
     data = load_data(args)
     base = surgery.create_model("default", pretrained=True).eval()
-    head = surgery.locate(base, input_size=(3, 224, 224)).pooled_head() if args.head else []
-    if args.head and not head:
-        raise SystemExit("--head: the model has no layers on pooled features (locate(...).pooled_head() is empty)")
+    head = surgery.locate(base, input_size=(3, 224, 224)).pooled_head()  # as robustify finds it, once per run
     rows = [summary_row(front(name, base, data, seed, head, args), args.target, args.eps)
             for name in args.candidates for seed in args.seeds]
     table = surgery.Table([], rows).to_markdown()

@@ -1,4 +1,5 @@
-"""Choosing the blend on the user's validation data: ``robustify(..., target=0.99)``.
+"""Choosing the blend on the user's validation data: ``robustify(model, train, val)`` (its
+``target=0.99``, the robust recipe's).
 
 The robust recipes fine-tune with a consistency strength that overshoots (more robust than
 needed, less accurate), and the blend (:func:`~surgery.blend`, WiSE-FT, Wortsman et al.
@@ -7,8 +8,10 @@ so every keep of a grid is measured on validation and the operating point is cho
 there, never on the data a result is reported on (with a ``head``, also the blends that keep
 the head's change whole and blend the rest). The choice: the most robust blend whose
 validation SROCC keeps at least ``target`` of the original's; robustness is the mean
-AbsGain of a random-start PGD raising the score of a few validation images, each model's
-normalised by the range of its own validation scores (a fine-tune that squashes its scores
+AbsGain of a random-start PGD raising and one lowering the score of a few validation images,
+each model's normalised by the range of its own validation scores, and a blend is as robust
+as its worse direction (its gain as a multiple of the original's in that direction: a
+calibration that watched one direction chose blends that trade the other away) (a fine-tune that squashes its scores
 toward their mean shrinks every score change with them without being any harder to fool; in
 the original's range that squash would pass for robustness). :class:`Calibration` is the report.
 """
@@ -37,17 +40,19 @@ KEEP_GRID: tuple[float, ...] = tuple(k / 10 for k in range(1, 11))
 @dataclass
 class Calibration:
     """What ``robustify(target=...)`` chose and why: the keep, validation SROCC and the quick
-    robustness figure for the original and the result, and every blend measured (``grid``).
-    ``head_keep`` is the keep of the ``head`` modules (the keep itself, or 1.0 when the head's
-    change is kept whole); :attr:`blend_keep` is what :func:`~surgery.blend` takes."""
+    robustness figure for the original and the result (``val_gain``: the AbsGain per direction
+    attacked; ``val_x``: the result's worse direction as a multiple of the original's), and every
+    blend measured (``grid``). ``head_keep`` is the keep of the ``head`` modules (the keep itself,
+    or 1.0 when the head's change is kept whole); :attr:`blend_keep` is what :func:`~surgery.blend` takes."""
 
     target: float
     keep: float
     met: bool
     val_srocc_original: float
     val_srocc: float
-    val_gain_original: float
-    val_gain: float
+    val_gain_original: dict[str, float]
+    val_gain: dict[str, float]
+    val_x: float
     attack: str
     grid: list[dict] = field(default_factory=list)
     head_keep: float | None = None
@@ -62,50 +67,69 @@ class Calibration:
 
     def __str__(self) -> str:
         kept = self.val_srocc / self.val_srocc_original
-        chosen = f"keep {self.keep:g}" + (
-            f" (the head's change kept whole: {', '.join(self.head)})" if self.blend_keep != self.keep else ""
-        )
+        chosen = _blend_name(self.keep, self.head_keep, self.head)
         verdict = (
             f"{chosen}: the most robust blend whose validation SROCC keeps >= {self.target:.1%} of the original's"
             if self.met else
             f"{chosen}: NO blend keeps {self.target:.1%} of the original's validation SROCC; this one keeps the most"
         )
+        directions = list(self.val_gain_original)
+        gains = ", ".join(f"{d} {self.val_gain_original[d]:.4f} -> {self.val_gain[d]:.4f}" for d in directions)
         lines = [
             verdict,
             f"validation SROCC {self.val_srocc_original:.4f} -> {self.val_srocc:.4f} ({kept:.1%} kept)",
-            f"{self.attack} AbsGain on validation images {self.val_gain_original:.4f} -> {self.val_gain:.4f} "
-            f"({self.val_gain / self.val_gain_original:.2f}x the original's)" if self.val_gain_original > 0 else
-            f"{self.attack} AbsGain on validation images {self.val_gain_original:.4f} -> {self.val_gain:.4f}",
-            "| keep | head keep | val SROCC | kept | val AbsGain |", "|---|---|---|---|---|",
+            f"{self.attack} AbsGain on validation images: {gains} ({self.val_x:.2f}x the original's in the worse direction)",
+            "| keep | head keep | val SROCC | kept | " + " | ".join(f"val AbsGain {d}" for d in directions) + " | worse x |",
+            "|---|---|---|---|" + "---|" * (len(directions) + 1),
         ]
         lines += [
-            f"| {r['keep']:g} | {r['head_keep']:g} | {r['val_srocc']:.4f} | {r['srocc_kept']:.1%} | {r['val_gain']:.4f} |"
+            f"| {r['keep']:g} | {r['head_keep']:g} | {r['val_srocc']:.4f} | {r['srocc_kept']:.1%} | "
+            + " | ".join(f"{r['val_gain'][d]:.4f}" for d in directions) + f" | {r['val_x']:.2f} |"
             for r in self.grid
         ]
         return "\n".join(lines)
 
 
-def _measure(model: nn.Module, stream: ImageStream, mos: torch.Tensor | None, attacked: torch.Tensor, attack: PGD):
-    """Validation SROCC, the attack's AbsGain on the ``attacked`` images (the first of the
-    stream) in the range of the model's own validation scores, and the MOS (``mos``, else the
-    data's own)."""
+def _blend_name(keep: float, head_keep: float | None, head: Sequence[str]) -> str:
+    """``"keep 0.3"``, and which modules keep their change whole when the head's keep is not the keep."""
+    whole = head_keep is not None and head_keep != keep
+    return f"keep {keep:g}" + (f" (the head's change kept whole: {', '.join(head)})" if whole else "")
+
+
+def _ratio(gain: float, original: float) -> float:
+    """``gain`` as a multiple of the original's (a model the attack cannot move: 0, or inf when the blend moves)."""
+    return gain / original if original > 0 else (0.0 if gain <= 0 else float("inf"))
+
+
+def _measure(model: nn.Module, stream: ImageStream, mos: torch.Tensor | None, attacked: list, attack: PGD,
+             directions: Sequence[str]):
+    """Validation SROCC, the attack's AbsGain (its size) in each direction on the ``attacked``
+    batches of the stream in the range of the model's own validation scores, and the MOS
+    (``mos``, else the data's own)."""
     clean, carried = clean_pass(model, stream)
     mos = carried if mos is None else mos
     if not torch.isfinite(mos).all():
         raise ValueError("calibration needs a score for every validation image: pass val as (images, scores) or (image, score) items")
-    gained = scores(model, attack(model, attacked), attacked.shape[0])
+    # batch by batch: a Dataset's images may differ in size from one batch to the next
+    where = torch.cat([b.indices for b in attacked])
     lo, hi = metrics.score_range(clean)
-    return metrics.srocc(clean, mos), metrics.abs_gain(clean[: attacked.shape[0]], gained, lo, hi), mos
+    gains = {}
+    for direction in directions:
+        moved = torch.cat([scores(model, attack(model, b.images, direction), b.images.shape[0]) for b in attacked])
+        sign = 1 if direction == "up" else -1  # a lowering's AbsGain is negative: its size
+        gains[direction] = sign * metrics.abs_gain(clean[where], moved, lo, hi)
+    return metrics.srocc(clean, mos), gains, mos
 
 
 def choose(grid: list[dict], target: float) -> tuple[dict, bool]:
-    """The grid row chosen for ``target`` and whether it meets it: the lowest ``val_gain`` among
-    the rows whose ``srocc_kept`` >= ``target`` (ties: the larger keep, then the larger head
-    keep), else the row of the highest ``val_srocc``."""
+    """The grid row chosen for ``target`` and whether it meets it: the lowest ``val_x`` (the
+    worse direction's gain as a multiple of the original's) among the rows whose
+    ``srocc_kept`` >= ``target`` (ties: the larger keep, then the larger head keep), else the
+    row of the highest ``val_srocc``."""
     passing = [r for r in grid if r["srocc_kept"] >= target]
     if not passing:
         return max(grid, key=lambda r: r["val_srocc"]), False
-    return min(passing, key=lambda r: (r["val_gain"], -r["keep"], -r.get("head_keep", r["keep"]))), True
+    return min(passing, key=lambda r: (r["val_x"], -r["keep"], -r.get("head_keep", r["keep"]))), True
 
 
 def calibrate_blend(
@@ -121,15 +145,20 @@ def calibrate_blend(
     batch_size: int = 8,
     seed: int = 0,
     head: Sequence[str] = (),
+    directions: Sequence[str] = ("up", "down"),
 ) -> Calibration:
     """Measure every blend of ``tuned`` toward ``original`` in ``keeps`` on ``val`` and choose
     (see the module docstring); neither model is changed. With ``head`` (module names, e.g.
     :meth:`surgery.blockmap.ModelMap.pooled_head`), the blends that keep the head's change
     whole and ``0`` or a keep below 1 of the rest are measured too, and the choice is among
-    all. The attack: PGD with a random start, ``steps`` steps at ``eps``, seeded, on the first
-    ``attack_images`` validation images."""
+    all. The attack: PGD with a random start, ``steps`` steps at ``eps``, seeded, in each of
+    ``directions`` (raising and lowering the score), on ``attack_images`` validation images
+    evenly spaced through ``val`` (a validation set in order of its reference images is
+    attacked across them, not on the distortions of the first one or two)."""
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise ValueError(f"target must be the fraction of the original's validation SROCC to keep, in (0, 1], got {target!r}")
+    if isinstance(attack_images, bool) or not isinstance(attack_images, int) or attack_images < 1:
+        raise ValueError(f"attack_images must be a count of validation images >= 1, got {attack_images!r}")
     head = tuple(head)
     unknown = sorted(set(head) - (dict(tuned.named_modules()).keys() - {""}))
     if unknown or len(set(head)) != len(head):
@@ -137,6 +166,9 @@ def calibrate_blend(
             f"head must name distinct modules of the model, not the whole model (''): got {list(head)[:5]}"
             " (e.g. locate(...).pooled_head())"
         )
+    directions = tuple(directions)
+    if not directions or len(set(directions)) != len(directions) or not set(directions) <= {"up", "down"}:
+        raise ValueError(f"directions must be 'up', 'down' or both, each once, got {list(directions)}")
     keeps = sorted(set(float(k) for k in keeps))
     if not keeps or not all(0 <= k <= 1 for k in keeps):
         raise ValueError(f"keeps must be fractions in [0, 1], got {keeps!r}")
@@ -145,10 +177,11 @@ def calibrate_blend(
     if mos is not None and mos.numel() != images.shape[0]:
         raise ValueError(f"val: {images.shape[0]} images but {mos.numel()} scores")
     stream = ImageStream(images, batch_size, what="val image")
-    attacked = torch.cat([b.images for b in stream.batches(range(min(attack_images, len(stream))), shard=False)])
+    picked = torch.linspace(0, len(stream) - 1, min(attack_images, len(stream))).round().long().unique().tolist()
+    attacked = list(stream.batches(picked, shard=False))
     attack = PGD(eps=eps, steps=steps, random_start=True, seed=seed)
     name = f"pgd-{steps}-rs at {eps * 255:g}/255"
-    srocc_0, gain_0, mos = _measure(original, stream, mos, attacked, attack)
+    srocc_0, gain_0, mos = _measure(original, stream, mos, attacked, attack, directions)
     work = copy.deepcopy(tuned)  # each keep blends a fresh copy of the tuned weights, which stay as they are
     points = [(keep, keep) for keep in keeps]
     if head:
@@ -157,16 +190,19 @@ def calibrate_blend(
     for keep, head_keep in points:
         work.load_state_dict(tuned.state_dict())
         amount = keep if head_keep == keep else {"": keep, **{name: head_keep for name in head}}
-        srocc, gain, _ = _measure(blend(work, original, amount), stream, mos, attacked, attack)
-        grid.append({"keep": keep, "head_keep": head_keep, "val_srocc": srocc, "srocc_kept": srocc / srocc_0, "val_gain": gain})
+        srocc, gain, _ = _measure(blend(work, original, amount), stream, mos, attacked, attack, directions)
+        grid.append({"keep": keep, "head_keep": head_keep, "val_srocc": srocc, "srocc_kept": srocc / srocc_0, "val_gain": gain,
+                     "val_x": max(_ratio(gain[d], gain_0[d]) for d in directions)})
     chosen, met = choose(grid, target)
     if not met:
         warnings.warn(
-            f"robustify: no blend keeps {target:.1%} of the original's validation SROCC ({srocc_0:.4f}); keep "
-            f"{chosen['keep']:g} keeps the most ({chosen['srocc_kept']:.1%}): lower target or use a weaker defence",
+            f"robustify: no blend keeps {target:.1%} of the original's validation SROCC ({srocc_0:.4f}); "
+            f"{_blend_name(chosen['keep'], chosen['head_keep'], head)} keeps the most ({chosen['srocc_kept']:.1%}): "
+            "lower target or use a weaker defence",
             stacklevel=3,
         )
     return Calibration(
         target=float(target), keep=chosen["keep"], met=met, val_srocc_original=srocc_0, val_srocc=chosen["val_srocc"],
-        val_gain_original=gain_0, val_gain=chosen["val_gain"], attack=name, grid=grid, head_keep=chosen["head_keep"], head=head,
+        val_gain_original=gain_0, val_gain=chosen["val_gain"], val_x=chosen["val_x"], attack=name, grid=grid,
+        head_keep=chosen["head_keep"], head=head,
     )

@@ -47,6 +47,21 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _target(value: str) -> float | str | None:
+    """``--target``: a share of the validation SROCC in (0, 1], ``recipe`` (the recipe's own) or ``none`` (its fixed blend)."""
+    if value.lower() in ("recipe", "none"):
+        return None if value.lower() == "none" else "recipe"
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is None or not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(
+            f"expected the share of the validation SROCC to keep, in (0, 1] (e.g. 0.99), 'recipe' or 'none', got {value!r}"
+        )
+    return number
+
+
 def _position(value: str):
     parts = [p.strip() for p in value.split(",")]
     parsed = [int(p) if p.lstrip("-").isdigit() else p for p in parts]
@@ -197,8 +212,10 @@ def _parser() -> argparse.ArgumentParser:
     p_robustify.add_argument("--val-csv", help="CSV of held-out validation images and their MOS (same columns)")
     p_robustify.add_argument("--val-fraction", type=_fraction, help="hold out this fraction of the training CSV for validation")
     p_robustify.add_argument("--recipe", default="robust", choices=sorted(RECIPES), help="what robustify runs (default: robust)")
-    p_robustify.add_argument("--target", type=_fraction,
-                             help="choose the blend on validation: keep at least this fraction of the validation SROCC (e.g. 0.99)")
+    p_robustify.add_argument("--target", type=_target, default="recipe",
+                             help="choose the blend on the validation images (--val-csv or --val-fraction) to keep at least "
+                                  "this share of their SROCC (default: the recipe's, 0.99 for robust; without validation "
+                                  "images, or 'none': the recipe's fixed blend)")
     p_robustify.add_argument("--epochs", type=_positive_int, help="instead of the recipe's")
     p_robustify.add_argument("--lr", type=float, help="instead of the recipe's")
     p_robustify.add_argument("--seed", type=int, default=0)
@@ -383,7 +400,7 @@ def _robustify(args) -> int:
     height, width = _image_size(args)
     if args.val_csv and args.val_fraction:
         raise UsageError("--val-csv and --val-fraction both give validation images: pass one")
-    if args.target is not None and not (args.val_csv or args.val_fraction):
+    if args.target not in ("recipe", None) and not (args.val_csv or args.val_fraction):
         raise UsageError("--target chooses the blend on validation images: add --val-csv FILE or --val-fraction 0.1")
     if os.path.isfile(args.model):
         model = surgery.load(args.model)
@@ -406,8 +423,11 @@ def _robustify(args) -> int:
         **options,
     )
     surgery.save(robust, args.out)
-    if result.best_epoch is not None:
-        print(f"best epoch {result.best_epoch}: validation SROCC {result.best_srocc:.4f}")
+    if result.epoch is not None:
+        validation = next((h["val_srocc"] for h in result.history if h["epoch"] == result.epoch and "val_srocc" in h), None)
+        blended = result.calibration is not None or RECIPES[args.recipe].blend is not None
+        print(f"the fine-tune's epoch {result.epoch}" + ("" if validation is None else f": validation SROCC {validation:.4f}")
+              + (" before the blend" if blended else ""))
     print(f"saved to {args.out}")  # robustify printed the calibration report
     return 0
 

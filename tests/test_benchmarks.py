@@ -99,16 +99,15 @@ def test_recipe_gap_measures_training_and_validation_images_and_each_distortion(
 def test_recipe_front_measures_each_candidate_over_the_keep_grid_on_validation(tmp_path, labels):
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "recipe_front.py"), "--references", "20", "--tune-steps", "1",
-        "--epochs", "1", "--val-images", "4", "--candidates", "recipe", "recipe+last", "eps-8+blocks-1", "--eps", "4", "--target", "0.5",
-        "--head",
+        "--epochs", "1", "--val-images", "4", "--candidates", "recipe", "recipe+best", "eps-8+blocks-1", "--eps", "4", "--target", "0.5",
         "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "front.md"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "front.md").read_text()
     assert "| recipe | 0 |" in report and "| eps-8+blocks-1 | 0 |" in report and "x at 4/255" in report
-    assert "| recipe+last | 0 |" in report and len(list((tmp_path / "cache" / "tune").iterdir())) == 2  # last: no new fine-tune
-    assert "head whole: keep" in report and "head whole: x at 4/255" in report
+    assert "| recipe+best | 0 |" in report and len(list((tmp_path / "cache" / "tune").iterdir())) == 2  # best: no new fine-tune
+    assert "head whole: keep" in report and "head whole: up x at 4/255" in report and "chosen: down x at 4/255" in report
     assert "keep 0" in done.stdout  # each calibration report is printed
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert again.returncode == 0 and "epoch 1/" not in again.stderr and (tmp_path / "front.md").read_text() == report

@@ -31,9 +31,9 @@ GAIN = {0.0: 1.0, 0.2: 0.8, 0.4: 0.6, 0.6: 0.5, 0.8: 0.3, 1.0: 0.2}
 
 @pytest.fixture
 def dial(monkeypatch):
-    def measure(model, stream, mos, attacked, attack):
+    def measure(model, stream, mos, attacked, attack, directions):
         keep = round(model.value.item(), 6)
-        return SROCC[keep], GAIN[keep], torch.zeros(1)
+        return SROCC[keep], {d: GAIN[keep] for d in directions}, torch.zeros(1)
 
     monkeypatch.setattr(surgery.calibration, "_measure", measure)
     original, tuned = Dial(0.0), Dial(1.0)
@@ -47,9 +47,38 @@ def test_the_most_robust_keep_that_meets_the_target_is_chosen(dial, target, keep
     original, tuned, val = dial
     report = calibrate_blend(original, tuned, val, target, keeps=sorted(SROCC))
     assert report.met and report.keep == keep
-    assert report.val_srocc == SROCC[keep] and report.val_gain == GAIN[keep] and report.val_srocc_original == 0.90
+    assert report.val_srocc == SROCC[keep] and report.val_gain == {"up": GAIN[keep], "down": GAIN[keep]}
+    assert report.val_x == GAIN[keep] / GAIN[0.0] and report.val_srocc_original == 0.90
     assert [r["keep"] for r in report.grid] == sorted(SROCC) and f"keep {keep:g}" in str(report)
     assert tuned.value.item() == 1.0 and original.value.item() == 0.0  # neither model is changed
+
+
+# a blend that holds one direction and gives the other away: raising gets harder with the keep,
+# lowering easier past 0.4
+UP = {0.0: 1.0, 0.2: 0.8, 0.4: 0.6, 0.6: 0.5, 0.8: 0.3, 1.0: 0.2}
+DOWN = {0.0: 2.0, 0.2: 1.7, 0.4: 1.4, 0.6: 1.8, 0.8: 2.2, 1.0: 2.4}
+
+
+@pytest.mark.parametrize("directions,keep,x", [(("up", "down"), 0.4, 0.7), (("up",), 1.0, 0.2), (("down",), 0.4, 0.7)])
+def test_a_blend_is_as_robust_as_its_worse_direction(monkeypatch, directions, keep, x):
+    def measure(model, stream, mos, attacked, attack, directions):
+        value = round(model.value.item(), 6)
+        return 0.9, {d: (UP if d == "up" else DOWN)[value] for d in directions}, torch.zeros(1)
+
+    monkeypatch.setattr(surgery.calibration, "_measure", measure)
+    original, tuned = Dial(0.0), Dial(1.0)
+    tuned.load_state_dict({**original.state_dict(), "value": torch.tensor(1.0)})
+    val = (torch.rand(4, 3, 8, 8), torch.rand(4))
+    report = calibrate_blend(original, tuned, val, 0.99, keeps=sorted(UP), directions=directions)
+    assert report.keep == keep and report.val_x == pytest.approx(x) and list(report.val_gain) == list(directions)
+    assert all(f"val AbsGain {d}" in str(report) for d in directions)
+
+
+@pytest.mark.parametrize("directions", [(), ("up", "up"), ("sideways",)])
+def test_bad_directions_are_named(directions):
+    images, targets = cluster_data(8, 8)
+    with pytest.raises(ValueError, match="directions must be"):
+        calibrate_blend(SmallCNN(), SmallCNN(), (images, targets), 0.99, directions=directions)
 
 
 def test_an_unreachable_target_keeps_the_most_accurate_blend_and_says_so(dial):
@@ -76,8 +105,9 @@ TWO = {(0.0, 0.0): (0.90, 1.0), (0.5, 0.5): (0.895, 0.6), (1.0, 1.0): (0.85, 0.3
 
 
 def test_with_a_head_the_blends_that_keep_the_head_whole_are_measured_and_chosen(monkeypatch):
-    def measure(model, stream, mos, attacked, attack):
-        return *TWO[(round(model.trunk.value.item(), 6), round(model.head.value.item(), 6))], torch.zeros(1)
+    def measure(model, stream, mos, attacked, attack, directions):
+        srocc, gain = TWO[(round(model.trunk.value.item(), 6), round(model.head.value.item(), 6))]
+        return srocc, {d: gain for d in directions}, torch.zeros(1)
 
     monkeypatch.setattr(surgery.calibration, "_measure", measure)
     original, tuned = TrunkAndHead(0.0), TrunkAndHead(1.0)
@@ -88,7 +118,7 @@ def test_with_a_head_the_blends_that_keep_the_head_whole_are_measured_and_chosen
     val = (torch.rand(4, 3, 8, 8), torch.rand(4))
     report = calibrate_blend(original, tuned, val, 0.99, keeps=[0.5, 1.0], head=["head"])
     assert [(r["keep"], r["head_keep"]) for r in report.grid] == [(0.5, 0.5), (1.0, 1.0), (0.0, 1.0), (0.5, 1.0)]
-    assert (report.keep, report.head_keep, report.val_gain) == (0.5, 1.0, 0.5)
+    assert (report.keep, report.head_keep, report.val_x) == (0.5, 1.0, 0.5)
     assert report.blend_keep == {"": 0.5, "head": 1.0} and "the head's change kept whole: head" in str(report)
     plain = calibrate_blend(original, tuned, val, 0.99, keeps=[0.5, 1.0])  # no head: the uniform blends only
     assert plain.blend_keep == 0.5 and [r["head_keep"] for r in plain.grid] == [0.5, 1.0]
@@ -124,6 +154,50 @@ def test_a_blend_that_only_squashes_the_scores_is_not_more_robust():
         assert row["srocc_kept"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("count, expected", [(4, [0, 13, 27, 40]), (64, list(range(41)))])
+def test_the_attacked_validation_images_are_spread_through_the_set(monkeypatch, count, expected):
+    """A validation set in order of its references was attacked on its first 16 images: the
+    distortions of one or two references. The images are now evenly spaced through it, and each
+    gain is measured against that image's own clean score."""
+    attacked = []
+    monkeypatch.setattr(surgery.calibration.PGD, "__call__", lambda self, model, images, direction: attacked.append(images) or images * 0.9)
+    torch.manual_seed(0)
+    images, targets = torch.rand(41, 3, 8, 8), torch.rand(41)
+    images[:, :, 0, 0] = torch.arange(41.0)[:, None] / 100  # each image names its index
+    model = SmallCNN()
+    report = calibrate_blend(model, copy.deepcopy(model), (images, targets), 0.99, keeps=[1.0], attack_images=count, batch_size=4)
+    firsts = torch.cat(attacked)[: len(expected)]  # the original's batches come first, raising the score
+    assert (firsts[:, 0, 0, 0] * 100).round().long().tolist() == expected
+    clean, moved = surgery.scoring.scores(model, images, 8), surgery.scoring.scores(model, images * 0.9, 8)
+    lo, hi = surgery.metrics.score_range(clean)
+    assert report.val_gain_original["up"] == pytest.approx(surgery.metrics.abs_gain(clean[expected], moved[expected], lo, hi), rel=1e-5)
+    assert report.val_gain_original["down"] == pytest.approx(-report.val_gain_original["up"])  # a lowering's size
+
+
+def test_a_dataset_of_images_of_several_sizes_is_attacked_batch_by_batch():
+    """The attacked images were joined into one tensor: images of two sizes failed."""
+
+    class TwoSizes(torch.utils.data.Dataset):
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, index):
+            side = 16 if index < 6 else 24
+            return torch.full((3, side, side), 0.2 + index / 20), torch.tensor(float(index))
+
+    torch.manual_seed(0)
+    model = SmallCNN()
+    report = calibrate_blend(model, copy.deepcopy(model), TwoSizes(), 0.99, keeps=[1.0], attack_images=4, batch_size=4)
+    assert min(report.val_gain_original.values()) > 0 and report.grid[0]["val_gain"] == pytest.approx(report.val_gain_original)
+
+
+@pytest.mark.parametrize("count", [0, -1, 2.5, True])
+def test_a_bad_count_of_attacked_images_is_named(count):
+    images, targets = cluster_data(8, 8)
+    with pytest.raises(ValueError, match="attack_images must be a count"):
+        calibrate_blend(SmallCNN(), SmallCNN(), (images, targets), 0.99, attack_images=count)
+
+
 def test_robustify_with_a_target_blends_by_the_calibrated_keep():
     images, targets = cluster_data(16, 24)
     train, val = (images[:16], targets[:16]), (images[16:], targets[16:])
@@ -134,10 +208,57 @@ def test_robustify_with_a_target_blends_by_the_calibrated_keep():
     robust, result = surgery.robustify(model, train, val, target=0.5, **options)
     report = result.calibration
     passing = [r for r in report.grid if r["val_srocc"] >= 0.5 * report.val_srocc_original]
-    assert report.met and report.keep == min(passing, key=lambda r: (r["val_gain"], -r["keep"]))["keep"]
-    expected = surgery.blend(copy.deepcopy(strong), model, report.keep)
+    best = min(passing, key=lambda r: (r["val_x"], -r["keep"], -r["head_keep"]))
+    assert report.met and (report.keep, report.head_keep) == (best["keep"], best["head_keep"])
+    assert report.head == ("fc",) and {r["head_keep"] for r in report.grid if r["keep"] < 1} > {1.0}  # both families
+    expected = surgery.blend(copy.deepcopy(strong), model, report.blend_keep)
     for key, value in robust.state_dict().items():
         torch.testing.assert_close(value, expected.state_dict()[key])
+
+
+def test_robustify_calibrates_to_the_recipes_target_by_default(monkeypatch):
+    """With val and no target, the robust recipe's 0.99; robust-strong (no target) is kept whole."""
+    import surgery.recipes
+
+    targets_seen = []
+    calibrate = surgery.recipes.calibrate_blend
+    monkeypatch.setattr(surgery.recipes, "calibrate_blend", lambda *a, **kw: targets_seen.append(a[3]) or calibrate(*a, **kw))
+    images, targets = cluster_data(16, 24)
+    train, val = (images[:16], targets[:16]), (images[16:], targets[16:])
+    _, result = surgery.robustify(SmallCNN(), train, val, epochs=1, progress=False)
+    assert targets_seen == [0.99] and result.calibration.target == surgery.RECIPES["robust"].target == 0.99
+    _, result = surgery.robustify(SmallCNN(), train, val, recipe="robust-strong", epochs=1, progress=False)
+    assert result.calibration is None and targets_seen == [0.99]
+
+
+def test_target_none_blends_by_the_recipes_fixed_keep():
+    images, targets = cluster_data(16, 24)
+    train, val = (images[:16], targets[:16]), (images[16:], targets[16:])
+    options = {"epochs": 1, "lr": 1e-2, "progress": False, "seed": 0}
+    torch.manual_seed(0)
+    model = SmallCNN()
+    strong, _ = surgery.robustify(model, train, val, recipe="robust-strong", **options)
+    fixed, result = surgery.robustify(model, train, val, target=None, **options)
+    assert result.calibration is None
+    expected = surgery.blend(copy.deepcopy(strong), model, surgery.RECIPES["robust"].blend)
+    for key, value in fixed.state_dict().items():
+        torch.testing.assert_close(value, expected.state_dict()[key])
+
+
+@pytest.mark.parametrize("target", [1.5, 0, True, "0.99", "all"])
+def test_a_bad_target_is_refused_before_anything_trains(monkeypatch, target):
+    import surgery.recipes
+
+    monkeypatch.setattr(surgery.recipes, "finetune", lambda *a, **kw: pytest.fail("trained before checking target"))
+    images, targets = cluster_data(8, 8)
+    with pytest.raises(ValueError, match="target must be"):
+        surgery.robustify(SmallCNN(), (images, targets), (images, targets), target=target)
+
+
+def test_an_empty_validation_set_is_named():
+    images, targets = cluster_data(8, 8)
+    with pytest.raises(ValueError, match="empty batch of val images"):
+        calibrate_blend(SmallCNN(), SmallCNN(), (images[:0], targets[:0]), 0.99)
 
 
 def test_target_needs_validation_data_and_a_robust_recipe():

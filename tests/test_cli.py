@@ -1,4 +1,5 @@
 """The command line: harden a zoo model, describe and locate it."""
+import argparse
 import subprocess
 import sys
 
@@ -245,6 +246,37 @@ def test_robustify_calibrates_saves_and_round_trips_through_load(tmp_path, monke
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), saved["model"].eval()(images))
+
+
+@pytest.mark.parametrize("extra,target", [([], "recipe"), (["--target", "none"], None), (["--target", "0.95"], 0.95)])
+def test_robustify_passes_the_target_it_was_given(tmp_path, monkeypatch, extra, target):
+    """No --target: the recipe's (robustify calibrates when there is validation data); none: the fixed blend."""
+    from surgery.training import FinetuneResult
+
+    folder, table = _photos(tmp_path, 8)
+    called = {}
+    monkeypatch.setattr(surgery, "robustify", lambda model, train, val, recipe, **kw: called.update(kw) or (model, FinetuneResult()))
+    code = main([
+        "robustify", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder),
+        "--csv", str(table), "--score-column", "mos", "--input-size", "3", "32", "32", "--val-fraction", "0.25",
+        *extra, "--out", str(tmp_path / "robust.pt"),
+    ])
+    assert code == 0 and called["target"] == target
+
+
+@pytest.mark.parametrize("value,parsed", [("none", None), ("None", None), ("recipe", "recipe"), ("0.95", 0.95), ("1", 1.0)])
+def test_target_option_reads_a_share_recipe_or_none(value, parsed):
+    from surgery.cli import _target
+
+    assert _target(value) == parsed
+
+
+@pytest.mark.parametrize("value", ["nnone", "0", "1.5", "-0.2"])
+def test_target_option_names_what_it_takes(value):
+    from surgery.cli import _target
+
+    with pytest.raises(argparse.ArgumentTypeError, match="'recipe' or 'none'"):
+        _target(value)
 
 
 @pytest.mark.parametrize("extra,message", [

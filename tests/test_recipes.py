@@ -236,8 +236,9 @@ def test_robustify_runs_the_recipe_record(monkeypatch):
     robust, _ = surgery.robustify(model, (images, targets))
     copy_, options = calls[0]
     recipe = RECIPES["robust"]
-    assert copy_ is robust and {k: options[k] for k in ("loss", "epochs", "lr", "batch_size")} == recipe.finetune_options()
-    assert (recipe.loss, recipe.epochs, recipe.lr, recipe.batch_size, recipe.train_blocks) == ("mse", 2, 1e-4, 8, 4)
+    assert copy_ is robust and {k: options[k] for k in ("loss", "epochs", "lr", "batch_size", "select")} == recipe.finetune_options()
+    assert (recipe.loss, recipe.epochs, recipe.lr, recipe.batch_size, recipe.train_blocks, recipe.select) == ("mse", 4, 1e-4, 8, 4, "last")
+    assert (recipe.target, recipe.blend) == (0.99, 0.4)  # calibrated with val; the fixed keep without
     defense = options["defense"]
     assert (defense.eps, defense.steps, defense.fraction, defense.beta) == (4 / 255, 2, 0.5, 0.04)
     names = {id(p): n for n, p in robust.named_parameters()}
@@ -272,18 +273,19 @@ def test_a_model_without_conv_blocks_trains_every_parameter():
     images, targets = cluster_data(8, 8)
     model = Flat()
     with pytest.warns(UserWarning, match="every parameter trains instead"):
-        robust, _ = surgery.robustify(model, (images, targets), (images, targets), epochs=1, progress=False)
+        robust, _ = surgery.robustify(model, (images, targets), (images, targets), target=None, epochs=1, progress=False)
     assert not torch.equal(robust.fc.weight, model.fc.weight)
 
 
 def test_the_training_digest_names_what_trains_and_nothing_else():
-    """Checkpoint folders are named by it: a changed defence or schedule changes it, the blend
-    (applied after the fine-tune) and the wording do not."""
+    """Checkpoint folders are named by it: a changed defence or schedule changes it; the blend and
+    its target (applied after the fine-tune), the epoch returned and the wording do not."""
     import dataclasses
 
     robust = RECIPES["robust"]
     assert RECIPES["robust-strong"].training_digest() == robust.training_digest()
-    assert dataclasses.replace(robust, name="x", description="y", blend=0.9).training_digest() == robust.training_digest()
+    same = dataclasses.replace(robust, name="x", description="y", blend=0.9, select="best", target=0.5)
+    assert same.training_digest() == robust.training_digest()
     assert len({
         robust.training_digest(),
         dataclasses.replace(robust, defense=None).training_digest(),
