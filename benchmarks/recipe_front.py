@@ -121,8 +121,8 @@ def front(name: str, base, data: dict, seed: int, head: list[str], args) -> dict
 
 
 def point(row: dict) -> tuple[float, float]:
-    """(keep, the head's keep) of a grid row (rows cached before the head was measured: uniform)."""
-    return row["keep"], row.get("head_keep", row["keep"])
+    """(keep, the head's keep) of a grid row."""
+    return row["keep"], row["head_keep"]
 
 
 def summary_row(record: dict, target: float, eps: list[float]) -> dict:
@@ -130,9 +130,9 @@ def summary_row(record: dict, target: float, eps: list[float]) -> dict:
     call chooses), the blend chosen by the first eps's gains and every eps's gain ratio there,
     per direction; and the whole fine-tune's."""
     row = {"candidate": record["candidate"], "seed": record["seed"], "epoch s": record["epoch s"],
-           "epoch": record.get("epoch", record.get("best epoch"))}
+           "epoch": record["epoch"]}
     grids = {e: {point(r): r for r in record["grids"][str(e)]["grid"]} for e in eps}
-    first = [{**r, "head_keep": point(r)[1]} for r in record["grids"][str(eps[0])]["grid"]]
+    first = record["grids"][str(eps[0])]["grid"]
     families = {"": [r for r in first if r["keep"] == r["head_keep"]],
                 "head whole: ": [r for r in first if r["head_keep"] == 1.0 and r["keep"] < 1.0]}
     if families["head whole: "]:

@@ -9,11 +9,12 @@ there, never on the data a result is reported on (with a ``head``, also the blen
 the head's change whole and blend the rest). The choice: the most robust blend whose
 validation SROCC keeps at least ``target`` of the original's; robustness is the mean
 AbsGain of a random-start PGD raising and one lowering the score of a few validation images,
-each model's normalised by the range of its own validation scores, and a blend is as robust
-as its worse direction (its gain as a multiple of the original's in that direction: a
-calibration that watched one direction chose blends that trade the other away) (a fine-tune that squashes its scores
-toward their mean shrinks every score change with them without being any harder to fool; in
-the original's range that squash would pass for robustness). :class:`Calibration` is the report.
+each model's normalised by the range of its own validation scores (a fine-tune that squashes
+its scores toward their mean shrinks every score change with them without being any harder
+to fool; in the original's range that squash would pass for robustness). A blend is as
+robust as its worse direction, its gain as a multiple of the original's in that direction: a
+calibration that watched one direction chose blends that trade the other away.
+:class:`Calibration` is the report.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from .blending import blend
 from .evaluation import clean_pass
 from .scoring import scores
 
-__all__ = ["Calibration", "calibrate_blend", "choose", "KEEP_GRID"]
+__all__ = ["Calibration", "calibrate_blend", "check_target", "choose", "KEEP_GRID"]
 
 KEEP_GRID: tuple[float, ...] = tuple(k / 10 for k in range(1, 11))
 
@@ -121,6 +122,14 @@ def _measure(model: nn.Module, stream: ImageStream, mos: torch.Tensor | None, at
     return metrics.srocc(clean, mos), gains, mos
 
 
+def check_target(target) -> None:
+    """Refuse a ``target`` that is not a share of the original's validation SROCC in (0, 1]."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise ValueError(
+            f"target must be the share of the original's validation SROCC to keep, in (0, 1] (e.g. 0.99), got {target!r}"
+        )
+
+
 def choose(grid: list[dict], target: float) -> tuple[dict, bool]:
     """The grid row chosen for ``target`` and whether it meets it: the lowest ``val_x`` (the
     worse direction's gain as a multiple of the original's) among the rows whose
@@ -129,7 +138,7 @@ def choose(grid: list[dict], target: float) -> tuple[dict, bool]:
     passing = [r for r in grid if r["srocc_kept"] >= target]
     if not passing:
         return max(grid, key=lambda r: r["val_srocc"]), False
-    return min(passing, key=lambda r: (r["val_x"], -r["keep"], -r.get("head_keep", r["keep"]))), True
+    return min(passing, key=lambda r: (r["val_x"], -r["keep"], -r["head_keep"])), True
 
 
 def calibrate_blend(
@@ -155,8 +164,7 @@ def calibrate_blend(
     ``directions`` (raising and lowering the score), on ``attack_images`` validation images
     evenly spaced through ``val`` (a validation set in order of its reference images is
     attacked across them, not on the distortions of the first one or two)."""
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise ValueError(f"target must be the fraction of the original's validation SROCC to keep, in (0, 1], got {target!r}")
+    check_target(target)
     if isinstance(attack_images, bool) or not isinstance(attack_images, int) or attack_images < 1:
         raise ValueError(f"attack_images must be a count of validation images >= 1, got {attack_images!r}")
     head = tuple(head)

@@ -34,7 +34,7 @@ from . import metrics
 from .batches import ImageStream
 from .blending import blend, counterparts
 from .blockmap import ModelMap, locate
-from .calibration import calibrate_blend
+from .calibration import calibrate_blend, check_target
 from .defenses import ConsistencyTraining, Defense
 from .evaluation import clean_pass
 from .hardening import harden
@@ -223,8 +223,8 @@ def robustify(
         if target != "recipe":
             raise ValueError(f"target must be a share of the validation SROCC to keep (e.g. 0.99), None or 'recipe', got {target!r}")
         target = chosen.target if val is not None else None
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1):
-        raise ValueError(f"target must be the share of the original's validation SROCC to keep, in (0, 1] (e.g. 0.99), got {target!r}")
+    if target is not None:
+        check_target(target)  # before anything trains
     if target is not None and (val is None or chosen.defense is None):
         raise ValueError(
             "target= chooses the blend on validation data: pass val=(images, scores) held out from train"
