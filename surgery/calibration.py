@@ -14,24 +14,31 @@ its scores toward their mean shrinks every score change with them without being 
 to fool; in the original's range that squash would pass for robustness). A blend is as
 robust as its worse direction, its gain as a multiple of the original's in that direction: a
 calibration that watched one direction chose blends that trade the other away.
-:class:`Calibration` is the report.
+:class:`Calibration` is the report. With a ``cache_dir`` the measurements are kept, keyed by
+both models' weights, the validation images and scores and every setting of the measurement,
+so a rerun (or another ``target``) chooses again without attacking anything.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from . import metrics
+from . import distributed, metrics
 from .attacks import PGD
 from .batches import ImageStream
 from .blending import blend
 from .evaluation import clean_pass
-from .scoring import scores
+from .files import atomic_write_text
+from .fingerprint import image_fingerprints, model_fingerprint, update_digest
+from .scoring import model_device, scores
 
 __all__ = ["Calibration", "calibrate_blend", "check_target", "choose", "KEEP_GRID"]
 
@@ -155,6 +162,7 @@ def calibrate_blend(
     seed: int = 0,
     head: Sequence[str] = (),
     directions: Sequence[str] = ("up", "down"),
+    cache_dir: str | os.PathLike | None = None,
 ) -> Calibration:
     """Measure every blend of ``tuned`` toward ``original`` in ``keeps`` on ``val`` and choose
     (see the module docstring); neither model is changed. With ``head`` (module names, e.g.
@@ -163,7 +171,10 @@ def calibrate_blend(
     all. The attack: PGD with a random start, ``steps`` steps at ``eps``, seeded, in each of
     ``directions`` (raising and lowering the score), on ``attack_images`` validation images
     evenly spaced through ``val`` (a validation set in order of its reference images is
-    attacked across them, not on the distortions of the first one or two)."""
+    attacked across them, not on the distortions of the first one or two). ``cache_dir``: where
+    the measurements are kept (``calibration-<key>.json``) and found again by a call that would
+    measure the same: the same weights of both models, validation images and scores, and
+    settings (``target`` aside: it only chooses)."""
     check_target(target)
     if isinstance(attack_images, bool) or not isinstance(attack_images, int) or attack_images < 1:
         raise ValueError(f"attack_images must be a count of validation images >= 1, got {attack_images!r}")
@@ -185,10 +196,45 @@ def calibrate_blend(
     if mos is not None and mos.numel() != images.shape[0]:
         raise ValueError(f"val: {images.shape[0]} images but {mos.numel()} scores")
     stream = ImageStream(images, batch_size, what="val image")
-    picked = torch.linspace(0, len(stream) - 1, min(attack_images, len(stream))).round().long().unique().tolist()
+    settings = {"keeps": keeps, "attack_images": attack_images, "eps": eps, "steps": steps, "batch_size": batch_size,
+                "seed": seed, "head": list(head), "directions": list(directions)}
+    path = None
+    if cache_dir is not None:
+        path = os.path.join(os.fspath(cache_dir), f"calibration-{_measurement_key(original, tuned, stream, mos, settings)}.json")
+    if path is not None and os.path.isfile(path):
+        with open(path) as file:
+            measured = json.load(file)
+    else:
+        measured = _measure_blends(original, tuned, stream, mos, settings)
+        if path is not None and distributed.rank() == 0:
+            atomic_write_text(json.dumps(measured, indent=1), path)
+    return _chosen(measured, target, head)
+
+
+def _measurement_key(original: nn.Module, tuned: nn.Module, stream: ImageStream, mos: torch.Tensor | None,
+                     settings: dict[str, Any]) -> str:
+    """Sixteen hex digits of everything the measurements depend on: both models (class and every
+    parameter and buffer), where they run, every validation image (a sample of its pixels) and
+    score, and the settings."""
+    digest = hashlib.sha256(json.dumps(
+        {"original": [type(original).__name__, model_fingerprint(original)], "tuned": [type(tuned).__name__, model_fingerprint(tuned)],
+         "device": str(model_device(tuned)), **settings}, sort_keys=True).encode())
+    for batch in stream.batches(shard=False):
+        update_digest(digest, batch.indices)
+        update_digest(digest, image_fingerprints(batch.images))
+        update_digest(digest, batch.scores.double())
+    if mos is not None:
+        update_digest(digest, mos)
+    return digest.hexdigest()[:16]
+
+
+def _measure_blends(original: nn.Module, tuned: nn.Module, stream: ImageStream, mos: torch.Tensor | None,
+                    settings: dict[str, Any]) -> dict[str, Any]:
+    """The original's and every blend's validation SROCC and gains (plain values, as cached)."""
+    keeps, head, directions = settings["keeps"], tuple(settings["head"]), tuple(settings["directions"])
+    picked = torch.linspace(0, len(stream) - 1, min(settings["attack_images"], len(stream))).round().long().unique().tolist()
     attacked = list(stream.batches(picked, shard=False))
-    attack = PGD(eps=eps, steps=steps, random_start=True, seed=seed)
-    name = f"pgd-{steps}-rs at {eps * 255:g}/255"
+    attack = PGD(eps=settings["eps"], steps=settings["steps"], random_start=True, seed=settings["seed"])
     srocc_0, gain_0, mos = _measure(original, stream, mos, attacked, attack, directions)
     work = copy.deepcopy(tuned)  # each keep blends a fresh copy of the tuned weights, which stay as they are
     points = [(keep, keep) for keep in keeps]
@@ -199,18 +245,26 @@ def calibrate_blend(
         work.load_state_dict(tuned.state_dict())
         amount = keep if head_keep == keep else {"": keep, **{name: head_keep for name in head}}
         srocc, gain, _ = _measure(blend(work, original, amount), stream, mos, attacked, attack, directions)
-        grid.append({"keep": keep, "head_keep": head_keep, "val_srocc": srocc, "srocc_kept": srocc / srocc_0, "val_gain": gain,
-                     "val_x": max(_ratio(gain[d], gain_0[d]) for d in directions)})
-    chosen, met = choose(grid, target)
+        worse = max(_ratio(gain[d], gain_0[d]) for d in directions)
+        grid.append({"keep": keep, "head_keep": head_keep, "val_srocc": float(srocc), "srocc_kept": float(srocc / srocc_0),
+                     "val_gain": {d: float(g) for d, g in gain.items()}, "val_x": float(worse)})
+    attack_name = f"pgd-{settings['steps']}-rs at {settings['eps'] * 255:g}/255"
+    return {"attack": attack_name, "val_srocc_original": float(srocc_0), "val_gain_original": {d: float(g) for d, g in gain_0.items()},
+            "grid": grid}
+
+
+def _chosen(measured: dict[str, Any], target: float, head: tuple[str, ...]) -> Calibration:
+    """The report of the blend :func:`choose` picks for ``target`` from the measurements."""
+    chosen, met = choose(measured["grid"], target)
     if not met:
         warnings.warn(
-            f"robustify: no blend keeps {target:.1%} of the original's validation SROCC ({srocc_0:.4f}); "
+            f"robustify: no blend keeps {target:.1%} of the original's validation SROCC ({measured['val_srocc_original']:.4f}); "
             f"{_blend_name(chosen['keep'], chosen['head_keep'], head)} keeps the most ({chosen['srocc_kept']:.1%}): "
             "lower target or use a weaker defence",
-            stacklevel=3,
+            stacklevel=4,
         )
     return Calibration(
-        target=float(target), keep=chosen["keep"], met=met, val_srocc_original=srocc_0, val_srocc=chosen["val_srocc"],
-        val_gain_original=gain_0, val_gain=chosen["val_gain"], val_x=chosen["val_x"], attack=name, grid=grid,
-        head_keep=chosen["head_keep"], head=head,
+        target=float(target), keep=chosen["keep"], met=met, val_srocc_original=measured["val_srocc_original"],
+        val_srocc=chosen["val_srocc"], val_gain_original=measured["val_gain_original"], val_gain=chosen["val_gain"],
+        val_x=chosen["val_x"], attack=measured["attack"], grid=measured["grid"], head_keep=chosen["head_keep"], head=head,
     )

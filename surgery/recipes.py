@@ -211,7 +211,8 @@ def robustify(
     as it came in after the fine-tune; the history and checkpoints are of the model before
     the blend. ``target``: with ``val``, the blend is the most robust one that keeps this
     share of the original's validation SROCC (:func:`surgery.calibration.calibrate_blend`, the
-    report in ``history.calibration``); ``"recipe"``: the recipe's (0.99 for ``"robust"``;
+    report in ``history.calibration``; with a ``checkpoint_dir`` its measurements are kept
+    there too, so a rerun, or one with another target, measures nothing again); ``"recipe"``: the recipe's (0.99 for ``"robust"``;
     without ``val``, its fixed blend, with a warning); None: the recipe's fixed blend. A model
     that carries a ``score_range`` gets the range of its own scores on the
     training images: the range :func:`surgery.evaluate` measures score changes in.
@@ -272,7 +273,7 @@ def robustify(
         if target is not None:
             result.calibration = calibrate_blend(
                 original, hardened, val, target, batch_size=options["batch_size"], seed=options.get("seed", 0),
-                head=blocks.pooled_head() if blocks is not None else (),
+                head=blocks.pooled_head() if blocks is not None else (), cache_dir=options.get("checkpoint_dir"),
             )
             blend(hardened, original, result.calibration.blend_keep)
             if options.get("progress", True):

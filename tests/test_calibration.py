@@ -271,3 +271,43 @@ def test_target_needs_validation_data_and_a_robust_recipe():
         calibrate_blend(SmallCNN(), SmallCNN(), (images, targets), 1.5)
     with pytest.warns(UserWarning, match="no val"):
         surgery.robustify(SmallCNN(), (images, targets), epochs=1, progress=False)
+
+
+def test_cached_measurements_are_chosen_from_again_and_never_stale(tmp_path, monkeypatch):
+    """With cache_dir the measurements are kept: the same call, or another target, measures
+    nothing again and reports the same; other weights or other validation scores measure afresh."""
+    torch.manual_seed(0)
+    original = SmallCNN()
+    tuned = copy.deepcopy(original)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    images, targets = cluster_data(16, 16)
+    first = calibrate_blend(original, tuned, (images, targets), 0.99, keeps=[0.5, 1.0], attack_images=4, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("calibration-*.json"))) == 1
+    measure = surgery.calibration._measure
+    calls = []
+    monkeypatch.setattr(surgery.calibration, "_measure", lambda *a: calls.append(1) or measure(*a))
+    again = calibrate_blend(original, tuned, (images, targets), 0.99, keeps=[0.5, 1.0], attack_images=4, cache_dir=tmp_path)
+    assert calls == [] and str(again) == str(first)
+    looser = calibrate_blend(original, tuned, (images, targets), 0.5, keeps=[0.5, 1.0], attack_images=4, cache_dir=tmp_path)
+    assert calls == [] and looser.grid == first.grid and looser.target == 0.5
+    with torch.no_grad():
+        next(tuned.parameters()).add_(0.01)
+    calibrate_blend(original, tuned, (images, targets), 0.99, keeps=[0.5, 1.0], attack_images=4, cache_dir=tmp_path)
+    calibrate_blend(original, tuned, (images, targets.flip(0)), 0.99, keeps=[0.5, 1.0], attack_images=4, cache_dir=tmp_path)
+    assert len(calls) == 2 * 3 and len(list(tmp_path.glob("calibration-*.json"))) == 3  # the original and two keeps each
+
+
+def test_robustify_rerun_in_its_checkpoint_dir_does_not_calibrate_again(tmp_path, monkeypatch):
+    images, targets = cluster_data(16, 24)
+    train, val = (images[:16], targets[:16]), (images[16:], targets[16:])
+    options = {"epochs": 1, "progress": False, "seed": 0, "checkpoint_dir": tmp_path}
+    torch.manual_seed(0)
+    model = SmallCNN()
+    first, result = surgery.robustify(model, train, val, **options)
+    monkeypatch.setattr(surgery.calibration, "_measure", lambda *a: pytest.fail("measured again"))
+    again, rerun = surgery.robustify(model, train, val, **options)
+    assert str(rerun.calibration) == str(result.calibration)
+    for key, value in again.state_dict().items():
+        torch.testing.assert_close(value, first.state_dict()[key])
