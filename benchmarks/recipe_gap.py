@@ -44,10 +44,9 @@ def gains(base, tuned, data, keep: float, count: int, seed: int) -> dict:
             "whole gain": at[1.0]["val_gain"]["up"], "whole srocc": at[1.0]["val_srocc"]}
 
 
-def by_distortion(model, val, kinds: list[str]) -> dict:
-    """Validation SROCC within each distortion and over all."""
-    predicted = scores(model, val[0], 32)
-    labels = val[1].double()
+def by_distortion(predicted: torch.Tensor, labels: torch.Tensor, kinds: list[str]) -> dict:
+    """SROCC of the ``predicted`` scores within each distortion and over all."""
+    labels = labels.double()
     result = {"all": metrics.srocc(predicted, labels)}
     for kind in sorted(set(kinds) - {"pristine"}):
         chosen = torch.tensor([k == kind for k in kinds])
@@ -86,7 +85,7 @@ def main() -> None:
                 })
             kept = blend(copy.deepcopy(tuned), base, args.keep)
             for label, model in (("original", base), (f"keep {args.keep:g}", kept), ("whole", tuned)):
-                srocc = by_distortion(model, data["val"], data["kinds"]["val"])
+                srocc = by_distortion(scores(model, data["val"][0], 32), data["val"][1], data["kinds"]["val"])
                 distortion_rows.append({"candidate": name, "seed": seed, "model": label, **srocc})
             print(surgery.Table([], gap_rows).to_markdown(), flush=True)
     report = ("## Robust generalisation gap (PGD-10-rs at 4/255, own range; x: gain as a multiple of the original's)\n\n"

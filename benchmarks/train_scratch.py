@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--cache", default=".cache/scratch")
     parser.add_argument("--out", default=SCRATCH_WEIGHTS)
     args = parser.parse_args()
+    if args.crop_grid < 1:
+        parser.error(f"--crop-grid must be a whole number of pixels >= 1, got {args.crop_grid}")
     if not os.path.isdir(args.data):
         raise SystemExit(f"NIPS 2017 images not found at {args.data}: pass --data")
     started = time.time()
@@ -122,7 +124,7 @@ def main() -> None:
     predicted = scores(shipped, test_images, 32)
     test = {"srocc": metrics.srocc(predicted, labels[test_set.indices]), "plcc": metrics.plcc(predicted, labels[test_set.indices])}
     kinds = [dataset.items[i][1] or "pristine" for i in test_set.indices]
-    within = by_distortion(shipped, (test_images, labels[test_set.indices]), kinds)
+    within = by_distortion(predicted, labels[test_set.indices], kinds)
     test["srocc_by_distortion"] = {k: v for k, v in within.items() if k != "all"}
     atomic_save({**record, "test": test}, args.out)
     print(f"test ({len(test_set) // 21} held-out references, pseudo-MOS dss): SROCC {test['srocc']:.4f}, PLCC {test['plcc']:.4f}; "

@@ -37,7 +37,7 @@ from .batches import ImageStream
 from .blending import blend
 from .evaluation import clean_pass
 from .files import atomic_write_text
-from .fingerprint import image_fingerprints, model_fingerprint, update_digest
+from .fingerprint import model_fingerprint, update_digest
 from .scoring import model_device, scores
 
 __all__ = ["Calibration", "calibrate_blend", "check_target", "choose", "KEEP_GRID"]
@@ -201,31 +201,61 @@ def calibrate_blend(
     path = None
     if cache_dir is not None:
         path = os.path.join(os.fspath(cache_dir), f"calibration-{_measurement_key(original, tuned, stream, mos, settings)}.json")
-    if path is not None and os.path.isfile(path):
-        with open(path) as file:
-            measured = json.load(file)
-    else:
+    measured = _read_measurements(path)
+    if measured is None:
         measured = _measure_blends(original, tuned, stream, mos, settings)
         if path is not None and distributed.rank() == 0:
             atomic_write_text(json.dumps(measured, indent=1), path)
     return _chosen(measured, target, head)
 
 
+# what a cached measurement means: raised whenever the measurement changes (the attack, the
+# gain, the blends measured), so a cache written by an older surgery is measured afresh
+_MEASUREMENT_FORMAT = 1
+
+
 def _measurement_key(original: nn.Module, tuned: nn.Module, stream: ImageStream, mos: torch.Tensor | None,
                      settings: dict[str, Any]) -> str:
-    """Sixteen hex digits of everything the measurements depend on: both models (class and every
-    parameter and buffer), where they run, every validation image (a sample of its pixels) and
-    score, and the settings."""
-    digest = hashlib.sha256(json.dumps(
-        {"original": [type(original).__name__, model_fingerprint(original)], "tuned": [type(tuned).__name__, model_fingerprint(tuned)],
-         "device": str(model_device(tuned)), **settings}, sort_keys=True).encode())
+    """Sixteen hex digits of everything the measurements depend on: the measurement's format,
+    both models (class, structure, every parameter and buffer) and the kind of device each runs
+    on, every validation image and score in order, and the settings."""
+    models = {
+        role: [f"{type(m).__module__}.{type(m).__qualname__}", repr(m), model_fingerprint(m), model_device(m).type]
+        for role, m in (("original", original), ("tuned", tuned))
+    }
+    digest = hashlib.sha256(json.dumps({"format": _MEASUREMENT_FORMAT, **models, **settings}, sort_keys=True, default=repr).encode())
     for batch in stream.batches(shard=False):
         update_digest(digest, batch.indices)
-        update_digest(digest, image_fingerprints(batch.images))
+        update_digest(digest, batch.images)
         update_digest(digest, batch.scores.double())
     if mos is not None:
         update_digest(digest, mos)
     return digest.hexdigest()[:16]
+
+
+def _read_measurements(path: str | None) -> dict[str, Any] | None:
+    """The measurements cached at ``path``, or None to measure (none there, or unreadable: a
+    file cut short is measured again and replaced). Under a process group rank 0 decides for
+    every rank, and the others read only after it has (its file of an earlier call is written by
+    then), so they all measure, with their collectives, or none does."""
+    measured = _read_json(path) if distributed.rank() == 0 else None
+    found = bool(distributed.broadcast_from_first(torch.tensor(int(measured is not None))))
+    if found and measured is None:
+        measured = _read_json(path)
+        if measured is None:
+            raise FileNotFoundError(f"rank 0 found the calibration's measurements at {path!r} and this rank cannot read them: "
+                                    "pass a checkpoint_dir every rank shares")
+    return measured if found else None
+
+
+def _read_json(path: str | None) -> dict[str, Any] | None:
+    if path is None or not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
 
 
 def _measure_blends(original: nn.Module, tuned: nn.Module, stream: ImageStream, mos: torch.Tensor | None,

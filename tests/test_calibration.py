@@ -1,5 +1,8 @@
 """robustify(target=...): the blend is chosen on validation by the documented rule."""
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -292,11 +295,31 @@ def test_cached_measurements_are_chosen_from_again_and_never_stale(tmp_path, mon
     assert calls == [] and str(again) == str(first)
     looser = calibrate_blend(original, tuned, (images, targets), 0.5, keeps=[0.5, 1.0], attack_images=4, cache_dir=tmp_path)
     assert calls == [] and looser.grid == first.grid and looser.target == 0.5
+    changed_pixel = images.clone()
+    changed_pixel[3, 1, 5, 7] += 0.01
+    others = [  # each measures what the first call did not: none may be answered from its file
+        {"val": (images, targets.flip(0))}, {"val": (changed_pixel, targets)}, {"eps": 2 / 255}, {"steps": 3},
+        {"keeps": [0.4, 1.0]}, {"directions": ("up",)}, {"head": ["fc"]}, {"seed": 1}, {"attack_images": 3},
+    ]
+    for change in others:
+        options = {"val": (images, targets), "keeps": [0.5, 1.0], "attack_images": 4, **change}
+        calibrate_blend(original, tuned, options.pop("val"), 0.99, cache_dir=tmp_path, **options)
     with torch.no_grad():
         next(tuned.parameters()).add_(0.01)
     calibrate_blend(original, tuned, (images, targets), 0.99, keeps=[0.5, 1.0], attack_images=4, cache_dir=tmp_path)
-    calibrate_blend(original, tuned, (images, targets.flip(0)), 0.99, keeps=[0.5, 1.0], attack_images=4, cache_dir=tmp_path)
-    assert len(calls) == 2 * 3 and len(list(tmp_path.glob("calibration-*.json"))) == 3  # the original and two keeps each
+    assert len(calls) >= 3 * (len(others) + 1) and len(list(tmp_path.glob("calibration-*.json"))) == len(others) + 2
+
+
+def test_an_unreadable_cached_measurement_is_measured_again(tmp_path):
+    torch.manual_seed(0)
+    original = SmallCNN()
+    images, targets = cluster_data(16, 16)
+    options = {"keeps": [1.0], "attack_images": 4, "cache_dir": tmp_path}
+    first = calibrate_blend(original, copy.deepcopy(original), (images, targets), 0.99, **options)
+    (path,) = tmp_path.glob("calibration-*.json")
+    path.write_text(path.read_text()[:40])  # a file cut short
+    again = calibrate_blend(original, copy.deepcopy(original), (images, targets), 0.99, **options)
+    assert str(again) == str(first) and path.read_text().endswith("}")
 
 
 def test_robustify_rerun_in_its_checkpoint_dir_does_not_calibrate_again(tmp_path, monkeypatch):
@@ -311,3 +334,12 @@ def test_robustify_rerun_in_its_checkpoint_dir_does_not_calibrate_again(tmp_path
     assert str(rerun.calibration) == str(result.calibration)
     for key, value in again.state_dict().items():
         torch.testing.assert_close(value, first.state_dict()[key])
+
+
+def test_ranks_of_a_process_group_share_the_cached_measurements(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "torchrun_calibrate.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    reports = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert reports[0] == reports[1] and len(list((tmp_path / "cache").glob("calibration-*.json"))) == 1
