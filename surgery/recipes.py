@@ -212,8 +212,9 @@ def robustify(
     the blend. ``target``: with ``val``, the blend is the most robust one that keeps this
     share of the original's validation SROCC (:func:`surgery.calibration.calibrate_blend`, the
     report in ``history.calibration``; with a ``checkpoint_dir`` its measurements are kept
-    there too, so a rerun, or one with another target, measures nothing again); ``"recipe"``: the recipe's (0.99 for ``"robust"``;
-    without ``val``, its fixed blend, with a warning); None: the recipe's fixed blend. A model
+    there too, so a rerun, or one with another target, measures nothing again); ``"recipe"``:
+    the recipe's (0.99 for ``"robust"``; without ``val``, its fixed blend, with a warning);
+    None: the recipe's fixed blend. A model
     that carries a ``score_range`` gets the range of its own scores on the
     training images: the range :func:`surgery.evaluate` measures score changes in.
     """
