@@ -278,7 +278,8 @@ def test_target_needs_validation_data_and_a_robust_recipe():
 
 def test_cached_measurements_are_chosen_from_again_and_never_stale(tmp_path, monkeypatch):
     """With cache_dir the measurements are kept: the same call, or another target, measures
-    nothing again and reports the same; other weights or other validation scores measure afresh."""
+    nothing again and reports the same; other weights, validation images or scores, or any other
+    setting of the measurement measure afresh, each into its own file."""
     torch.manual_seed(0)
     original = SmallCNN()
     tuned = copy.deepcopy(original)
@@ -307,7 +308,8 @@ def test_cached_measurements_are_chosen_from_again_and_never_stale(tmp_path, mon
     with torch.no_grad():
         next(tuned.parameters()).add_(0.01)
     calibrate_blend(original, tuned, (images, targets), 0.99, keeps=[0.5, 1.0], attack_images=4, cache_dir=tmp_path)
-    assert len(calls) >= 3 * (len(others) + 1) and len(list(tmp_path.glob("calibration-*.json"))) == len(others) + 2
+    assert len(calls) >= 3 * (len(others) + 1)  # the original and two blends at least, each time
+    assert len(list(tmp_path.glob("calibration-*.json"))) == len(others) + 2
 
 
 def test_an_unreadable_cached_measurement_is_measured_again(tmp_path):
