@@ -260,7 +260,7 @@ def _read_json(path: str | None) -> dict[str, Any] | None:
 
 def _measure_blends(original: nn.Module, tuned: nn.Module, stream: ImageStream, mos: torch.Tensor | None,
                     settings: dict[str, Any]) -> dict[str, Any]:
-    """The original's and every blend's validation SROCC and gains (plain values, as cached)."""
+    """The original's and every blend's validation SROCC and gains (Python floats: cached as JSON)."""
     keeps, head, directions = settings["keeps"], tuple(settings["head"]), tuple(settings["directions"])
     picked = torch.linspace(0, len(stream) - 1, min(settings["attack_images"], len(stream))).round().long().unique().tolist()
     attacked = list(stream.batches(picked, shard=False))
@@ -276,11 +276,10 @@ def _measure_blends(original: nn.Module, tuned: nn.Module, stream: ImageStream, 
         amount = keep if head_keep == keep else {"": keep, **{name: head_keep for name in head}}
         srocc, gain, _ = _measure(blend(work, original, amount), stream, mos, attacked, attack, directions)
         worse = max(_ratio(gain[d], gain_0[d]) for d in directions)
-        grid.append({"keep": keep, "head_keep": head_keep, "val_srocc": float(srocc), "srocc_kept": float(srocc / srocc_0),
-                     "val_gain": {d: float(g) for d, g in gain.items()}, "val_x": float(worse)})
+        grid.append({"keep": keep, "head_keep": head_keep, "val_srocc": srocc, "srocc_kept": srocc / srocc_0, "val_gain": gain,
+                     "val_x": worse})
     attack_name = f"pgd-{settings['steps']}-rs at {settings['eps'] * 255:g}/255"
-    return {"attack": attack_name, "val_srocc_original": float(srocc_0), "val_gain_original": {d: float(g) for d, g in gain_0.items()},
-            "grid": grid}
+    return {"attack": attack_name, "val_srocc_original": srocc_0, "val_gain_original": gain_0, "grid": grid}
 
 
 def _chosen(measured: dict[str, Any], target: float, head: tuple[str, ...]) -> Calibration:

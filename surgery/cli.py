@@ -11,6 +11,7 @@ from torch import nn
 
 import surgery
 from surgery import distributed
+from surgery.calibration import check_target
 from surgery.evaluation import DEFAULT_ATTACKS, resolve_attacks
 from surgery.recipes import RECIPES
 from surgery.ortho import ortho_names
@@ -53,12 +54,11 @@ def _target(value: str) -> float | str | None:
         return None if value.lower() == "none" else "recipe"
     try:
         number = float(value)
+        check_target(number)  # robustify's own rule
     except ValueError:
-        number = None
-    if number is None or not 0 < number <= 1:
         raise argparse.ArgumentTypeError(
             f"expected the share of the validation SROCC to keep, in (0, 1] (e.g. 0.99), 'recipe' or 'none', got {value!r}"
-        )
+        ) from None
     return number
 
 
