@@ -11,7 +11,8 @@ AdamW (lr ``--lr``, weight decay ``--weight-decay``), cosine schedule, batch ``-
 validation and test score the whole images. The z-scoring is
 folded back into the last layer so the model outputs pseudo-MOS. The weights are written in
 float16 and the test numbers (SROCC / PLCC on the 120 held-out references) are measured on
-the model loaded back from the file.
+the model loaded back from the file; the file records the settings and a sha256 of the weights
+(tests check the weights against it).
 
     python benchmarks/train_scratch.py [--epochs 16] [--crop 128] [--cache .cache/scratch] [--out surgery/zoo/weights/resnet18-scratch.pt]
     python benchmarks/train_scratch.py --device cuda --workers 8     # on a GPU machine
@@ -29,6 +30,7 @@ import surgery
 from surgery import metrics
 from surgery.data import NIPS2017, SyntheticIQA
 from surgery.files import atomic_save
+from surgery.fingerprint import state_fingerprint
 from surgery.scoring import scores
 from surgery.zoo.scratch import SCRATCH_WEIGHTS, load_scratch_weights
 
@@ -113,8 +115,9 @@ def main() -> None:
         last.bias.mul_(std).add_(mean)
     lo, hi = float(labels[train_set.indices].min()), float(labels[train_set.indices].max())
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    record = {"state_dict": state, "score_range": (lo, hi), "pseudo_mos": "dss", "epochs": args.epochs, "lr": args.lr,
-              "crop": args.crop, "crop_grid": args.crop_grid, "best_epoch": result.best_epoch, "val_srocc": result.best_srocc,
+    record = {"state_dict": state, "sha256": state_fingerprint(state), "score_range": (lo, hi), "pseudo_mos": "dss",
+              "epochs": args.epochs, "lr": args.lr, "crop": args.crop, "crop_grid": args.crop_grid,
+              "best_epoch": result.best_epoch, "val_srocc": result.best_srocc,
               "split": {"seed": 0, "fractions": (0.7, 0.1, 0.2), "references": args.references}}
     # the test numbers are the float16 weights' as loaded back, measured before the zoo's file is written
     scratch_file = os.path.join(args.cache, "measured.pt")

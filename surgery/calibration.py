@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import distributed, metrics
 from .attacks import PGD
@@ -163,6 +164,7 @@ def calibrate_blend(
     head: Sequence[str] = (),
     directions: Sequence[str] = ("up", "down"),
     cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> Calibration:
     """Measure every blend of ``tuned`` toward ``original`` in ``keeps`` on ``val`` and choose
     (see the module docstring); neither model is changed. With ``head`` (module names, e.g.
@@ -174,7 +176,7 @@ def calibrate_blend(
     attacked across them, not on the distortions of the first one or two). ``cache_dir``: where
     the measurements are kept (``calibration-<key>.json``) and found again by a call that would
     measure the same: the same weights of both models, validation images and scores, and
-    settings (``target`` aside: it only chooses)."""
+    settings (``target`` aside: it only chooses). ``progress``: a bar on stderr, one step a blend."""
     check_target(target)
     if isinstance(attack_images, bool) or not isinstance(attack_images, int) or attack_images < 1:
         raise ValueError(f"attack_images must be a count of validation images >= 1, got {attack_images!r}")
@@ -203,7 +205,7 @@ def calibrate_blend(
         path = os.path.join(os.fspath(cache_dir), f"calibration-{_measurement_key(original, tuned, stream, mos, settings)}.json")
     measured = _read_measurements(path)
     if measured is None:
-        measured = _measure_blends(original, tuned, stream, mos, settings)
+        measured = _measure_blends(original, tuned, stream, mos, settings, progress and distributed.rank() == 0)
         if path is not None and distributed.rank() == 0:
             atomic_write_text(json.dumps(measured, indent=1), path)
     return _chosen(measured, target, head)
@@ -259,7 +261,7 @@ def _read_json(path: str | None) -> dict[str, Any] | None:
 
 
 def _measure_blends(original: nn.Module, tuned: nn.Module, stream: ImageStream, mos: torch.Tensor | None,
-                    settings: dict[str, Any]) -> dict[str, Any]:
+                    settings: dict[str, Any], progress: bool = False) -> dict[str, Any]:
     """The original's and every blend's validation SROCC and gains (Python floats: cached as JSON)."""
     keeps, head, directions = settings["keeps"], tuple(settings["head"]), tuple(settings["directions"])
     picked = torch.linspace(0, len(stream) - 1, min(settings["attack_images"], len(stream))).round().long().unique().tolist()
@@ -271,7 +273,7 @@ def _measure_blends(original: nn.Module, tuned: nn.Module, stream: ImageStream, 
     if head:
         points += [(keep, 1.0) for keep in sorted({0.0, *keeps}) if keep < 1.0]
     grid = []
-    for keep, head_keep in points:
+    for keep, head_keep in tqdm(points, desc="calibrating the blend on validation", unit="blend", disable=not progress, leave=False):
         work.load_state_dict(tuned.state_dict())
         amount = keep if head_keep == keep else {"": keep, **{name: head_keep for name in head}}
         srocc, gain, _ = _measure(blend(work, original, amount), stream, mos, attacked, attack, directions)

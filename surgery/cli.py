@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 import torch
 from torch import nn
@@ -97,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     try:
-        return _run(args)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _print_warning
+            return _run(args)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -115,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"surgery: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 1
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, as the errors are (``--debug``: Python's own, with where it came from)."""
+    text = str(message).replace("\n", " ")
+    print(f"surgery: warning: {text}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:

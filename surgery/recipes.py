@@ -275,6 +275,7 @@ def robustify(
             result.calibration = calibrate_blend(
                 original, hardened, val, target, batch_size=options["batch_size"], seed=options.get("seed", 0),
                 head=blocks.pooled_head() if blocks is not None else (), cache_dir=options.get("checkpoint_dir"),
+                progress=options.get("progress", True),
             )
             blend(hardened, original, result.calibration.blend_keep)
             if options.get("progress", True):

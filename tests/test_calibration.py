@@ -91,6 +91,14 @@ def test_an_unreachable_target_keeps_the_most_accurate_blend_and_says_so(dial):
     assert not report.met and report.keep == 0.2 and "NO blend" in str(report)
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_blends_measured_show_progress_on_stderr_only_when_asked(dial, capsys, progress):
+    original, tuned, val = dial
+    calibrate_blend(original, tuned, val, 0.99, keeps=[0.2, 0.6, 1.0], progress=progress)
+    out, err = capsys.readouterr()
+    assert out == "" and ("calibrating the blend on validation" in err) == progress and ("/3 " in err) == progress
+
+
 class TrunkAndHead(nn.Module):
     """Two dials: ``trunk.value`` and ``head.value`` are the keeps of the blend each came from."""
 

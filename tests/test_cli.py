@@ -264,6 +264,31 @@ def test_robustify_passes_the_target_it_was_given(tmp_path, monkeypatch, extra, 
     assert code == 0 and called["target"] == target
 
 
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_warning_is_one_line_as_the_errors_are(tmp_path, monkeypatch, capsys, debug):
+    """robustify without validation data warns that it cannot calibrate: one line naming it, not
+    Python's two with the library's file and line (--debug keeps those)."""
+    import warnings
+
+    from surgery.training import FinetuneResult
+
+    def robustify(model, train, val, recipe, **kw):
+        warnings.warn("robustify: no validation data,\nthe blend cannot be calibrated", UserWarning)
+        return model, FinetuneResult()
+
+    folder, table = _photos(tmp_path, 4)
+    monkeypatch.setattr(surgery, "robustify", robustify)
+    arguments = ["robustify", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder),
+                 "--csv", str(table), "--score-column", "mos", "--input-size", "3", "32", "32", "--out", str(tmp_path / "r.pt")]
+    if debug:
+        with pytest.warns(UserWarning, match="no validation data"):
+            assert main(["--debug"] + arguments) == 0
+    else:
+        assert main(arguments) == 0
+    err = capsys.readouterr().err
+    assert ("surgery: warning: robustify: no validation data, the blend cannot be calibrated\n" in err) != debug
+
+
 @pytest.mark.parametrize("value,parsed", [("none", None), ("None", None), ("recipe", "recipe"), ("0.95", 0.95), ("1", 1.0)])
 def test_target_option_reads_a_share_recipe_or_none(value, parsed):
     from surgery.cli import _target
