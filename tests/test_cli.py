@@ -166,7 +166,7 @@ def _photos(tmp_path, count=4, size=(20, 24)):
     return folder, tmp_path / "scores.csv"
 
 
-@pytest.mark.parametrize("name", ["default", "default-robust", "default-lite2"])
+@pytest.mark.parametrize("name", ["default", "default-robust", "default-lite2", "resnet18-scratch"])
 def test_zoo_models_with_shipped_weights_load_them(name, monkeypatch):
     """`surgery harden/eval default` used to build the model with random weights."""
     from surgery.cli import _zoo_model

@@ -19,7 +19,7 @@ from .heads import MLPHead, Normalize, TimmIQA
 from .koncept import KonCept512
 from .linearity import Linearity
 from .pyiqa import PYIQA_METRICS, create_pyiqa_metric
-from .scratch import resnet18_scratch
+from .scratch import load_scratch_weights, resnet18_scratch
 
 __all__ = [
     "create_model",
@@ -50,6 +50,7 @@ _PRETRAINED: dict[str, Callable[[nn.Module], None]] = {
     "default": lambda model: model.load_imagenet().load_trained(),
     "default-robust": lambda model: model.load_imagenet().load_trained(DEFAULT_ROBUST_WEIGHTS),
     "default-lite2": lambda model: model.load_imagenet().load_trained(),
+    "resnet18-scratch": load_scratch_weights,
 }
 
 

@@ -5,8 +5,8 @@ with an MLP head (any input size), trained by ``benchmarks/train_scratch.py`` on
 crops of the default model's data: the NIPS 2017 synthetic distortions with DSS **pseudo-MOS**
 (not human scores), the same split by reference; it scores whole images. It exists
 to show the robust recipe on a network that shares neither the default model's family nor
-its ImageNet start. Its weights do not ship yet: the first training run stayed below the
-held-out SROCC of 0.80 it must reach; ``load_scratch_weights`` loads what the script writes.
+its ImageNet start. Its weights ship (``create_model("resnet18-scratch", pretrained=True)``:
+held-out SROCC 0.906, docs/models.md); ``load_scratch_weights`` loads them or what the script writes.
 """
 from __future__ import annotations
 
