@@ -272,13 +272,14 @@ def robustify(
             options["defense"] = chosen.defense(_score_spread(train))
         result = finetune(hardened, train, val, **options)
         if target is not None:
+            progress = options.get("progress", True)  # finetune's default
             result.calibration = calibrate_blend(
                 original, hardened, val, target, batch_size=options["batch_size"], seed=options.get("seed", 0),
                 head=blocks.pooled_head() if blocks is not None else (), cache_dir=options.get("checkpoint_dir"),
-                progress=options.get("progress", True),
+                progress=progress,
             )
             blend(hardened, original, result.calibration.blend_keep)
-            if options.get("progress", True):
+            if progress:
                 tqdm.write(f"robustify, calibrated on validation:\n{result.calibration}")
         elif chosen.blend is not None:
             blend(hardened, original, chosen.blend)
