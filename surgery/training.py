@@ -1,7 +1,7 @@
 """``finetune``: the short fine-tune that recovers correlation with MOS after the surgery
 (Meleshin et al. §3, step 3: five epochs in the paper).
 
-AdamW with a cosine schedule, gradient clipping, bf16 autocast and channels-last
+AdamW with a cosine (or constant) learning rate, gradient clipping, bf16 autocast and channels-last
 on CUDA, best-on-validation weights (by SROCC), an atomic checkpoint after every
 epoch that a later call resumes from, a progress bar with the loss and the
 validation SROCC, and a seed that makes runs repeatable. A baseline defence
@@ -46,6 +46,12 @@ from .modes import frozen, measuring, memory_layout, preserved_modes, state_copy
 __all__ = ["finetune", "FinetuneResult"]
 
 DataSpec = Dataset | tuple[torch.Tensor, torch.Tensor]
+
+# the learning rate's factor at each optimiser step, given the run's total steps
+SCHEDULES: dict[str, Callable[[int], Callable[[int], float]]] = {
+    "cosine": lambda total: lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)),
+    "constant": lambda total: lambda step: 1.0,
+}
 
 
 @dataclass
@@ -379,6 +385,7 @@ def finetune(
     weight_decay: float = 1e-4,
     batch_size: int = 8,
     grad_clip: float | None = 1.0,
+    schedule: Literal["cosine", "constant"] = "cosine",
     defense: Defense | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = True,
@@ -397,6 +404,8 @@ def finetune(
     Args:
         train, val: Datasets yielding ``(image, score)`` or ``(images, scores)`` tensors.
         loss: ``"norm-in-norm"`` (default, Linearity's), ``"mse"``, ``"plcc"`` or a callable.
+        schedule: the learning rate over the run: ``"cosine"`` (from ``lr`` to 0, step by
+            step) or ``"constant"``.
         defense: a training defence (``NormRegularization``, ``AdversarialTraining``,
             ``ConsistencyTraining``).
         checkpoint_dir: where ``last.pt`` (resumable state) and ``best.pt`` (best
@@ -428,6 +437,8 @@ def finetune(
     """
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {schedule!r}")
     torch.manual_seed(seed)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if device.type == "cuda" and distributed.launched_by_torchrun():
@@ -450,9 +461,7 @@ def finetune(
 
         loaders = _Loaders(train, val, batch_size, seed, num_workers, sharded)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        total_steps = max(1, epochs * len(loaders.train))
-        cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))  # noqa: E731
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES[schedule](max(1, epochs * len(loaders.train))))
         budget = defense.attack_budget() if defense is not None else None
         if attack_check_images < 0:
             raise ValueError(f"attack_check_images must be >= 0, got {attack_check_images!r}")
@@ -469,6 +478,8 @@ def finetune(
                 "batch_size": batch_size, "grad_clip": grad_clip, "defense": defense, "seed": seed, "amp": use_amp,
                 "world_size": distributed.world_size(), "parameters": trained_names,
             }
+            if schedule != "cosine":  # every run was cosine before the setting: their checkpoints stay valid
+                settings["schedule"] = schedule
             run = {
                 "model": model_fingerprint(model), "settings": settings_record(settings),
                 "data": data_fingerprint(loaders.train_set, loaders.val_set, targets=known_targets),

@@ -36,6 +36,19 @@ def test_finetune_learns_and_reports(capsys):
     assert "val_srocc" in shown.out and "epoch 1/4" in shown.err  # per-epoch line, progress bar
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_the_schedule_sets_each_epochs_learning_rate(schedule):
+    train, val = toy_split()  # 36 training images: 5 steps of 8 an epoch
+    result = finetune(TinyIQA(), train, val, epochs=2, lr=1e-2, schedule=schedule, progress=False)
+    after_first = 0.5 * (1 + math.cos(math.pi * 5 / 10)) if schedule == "cosine" else 1.0
+    assert [h["lr"] for h in result.history] == pytest.approx([1e-2 * after_first, 0.0 if schedule == "cosine" else 1e-2])
+
+
+def test_an_unknown_schedule_is_refused_before_training():
+    with pytest.raises(ValueError, match="schedule must be one of 'cosine', 'constant', got 'linear'"):
+        finetune(TinyIQA(), *toy_split(), schedule="linear")
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_frozen_batchnorm_keeps_its_statistics_and_mode_is_restored(mode):
     train, val = toy_split()
@@ -285,6 +298,9 @@ def test_a_reused_checkpoint_folder_is_not_resumed_by_another_run(tmp_path):
     torch.manual_seed(0)
     with pytest.raises(ValueError, match=r"lr \(0.0001 then, 0.001 now\)"):
         finetune(TinyIQA(), train, val, lr=1e-3, **options)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"schedule \(None then, .constant. now\)"):
+        finetune(TinyIQA(), train, val, schedule="constant", **options)
     torch.manual_seed(0)
     resumed = finetune(TinyIQA(), train, val, **options)  # the same run: resumes, nothing left to train
     assert [h["epoch"] for h in resumed.history] == [1, 2]

@@ -226,8 +226,8 @@ def test_a_paper_recipe_run_resumes_from_its_checkpoint_folder(tmp_path):
 
 
 def test_robustify_runs_the_recipe_record(monkeypatch):
-    """Its defaults are the recipe's whole configuration: loss, epochs, lr, batch size, the
-    defence and the trained parts (on the default model: stages 4-6 and the head, as measured)."""
+    """Its defaults are the recipe's whole configuration: loss, epochs, lr, weight decay, schedule,
+    batch size, gradient clipping, the defence and the trained parts (on the default model: stages 4-6 and the head, as measured)."""
     import surgery.recipes
     from surgery.training import FinetuneResult
     from surgery.zoo.default import trained_prefixes
@@ -239,8 +239,12 @@ def test_robustify_runs_the_recipe_record(monkeypatch):
     robust, _ = surgery.robustify(model, (images, targets))
     copy_, options = calls[0]
     recipe = RECIPES["robust"]
-    assert copy_ is robust and {k: options[k] for k in ("loss", "epochs", "lr", "batch_size", "select")} == recipe.finetune_options()
-    assert (recipe.loss, recipe.epochs, recipe.lr, recipe.batch_size, recipe.train_blocks, recipe.select) == ("mse", 4, 1e-4, 8, 4, "last")
+    assert copy_ is robust and {k: options[k] for k in recipe.finetune_options()} == recipe.finetune_options()
+    settings = ("loss", "epochs", "lr", "weight_decay", "schedule", "batch_size", "grad_clip", "train_blocks", "select")
+    assert {k: getattr(recipe, k) for k in settings} == {
+        "loss": "mse", "epochs": 4, "lr": 1e-4, "weight_decay": 1e-4, "schedule": "cosine", "batch_size": 8, "grad_clip": 1.0,
+        "train_blocks": 4, "select": "last",
+    }
     assert (recipe.target, recipe.blend) == (0.99, 0.4)  # calibrated with val; the fixed keep without
     defense = options["defense"]
     assert (defense.eps, defense.steps, defense.fraction, defense.beta) == (4 / 255, 2, 0.5, 0.04)
@@ -293,9 +297,11 @@ def test_the_training_digest_names_what_trains_and_nothing_else():
         robust.training_digest(),
         dataclasses.replace(robust, defense=None).training_digest(),
         dataclasses.replace(robust, epochs=3).training_digest(),
+        dataclasses.replace(robust, schedule="constant").training_digest(),
+        dataclasses.replace(robust, weight_decay=0.0).training_digest(),
         dataclasses.replace(robust, defense=lambda spread: ConsistencyTraining(eps=4 / 255, steps=3, scale=spread)).training_digest(),
         RECIPES["paper"].training_digest(),
-    }) == 5
+    }) == 7
 
 
 def test_robustify_gives_the_result_the_range_of_its_own_scores():
