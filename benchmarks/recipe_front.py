@@ -3,6 +3,7 @@ over the keep grid and measured on the validation images, as ``robustify(target=
 measures them (:func:`surgery.calibration.calibrate_blend`).
 
 A candidate is ``surgery.robustify(model, train, val, recipe="robust-strong", seed=s, ...)``
+(``model``: ``--model``, a zoo name with shipped weights; the default model unless told)
 (the robust recipes' fine-tune, kept whole) with ``+``-joined changes: ``recipe`` (none),
 ``eps-E`` (consistency budget E/255), ``beta-B``, ``steps-K``, ``share-F`` (the defence's
 settings, the others as the recipe's), ``epochs-N``, ``all`` (every parameter trains:
@@ -20,7 +21,7 @@ original's (over both: what the calibrated call chooses) and its gains per direc
 multiples of the original's. No test
 reference is touched: what wins here is then measured on test by ``recipe_proof.py``.
 
-Fine-tunes and calibrations are cached under ``--cache``: a run that stops continues.
+Fine-tunes and calibrations are cached under ``--cache``/``--model``: a run that stops continues.
 
     python benchmarks/recipe_front.py --candidates recipe all eps-8 beta-0.08 epochs-2+best
 """
@@ -168,17 +169,19 @@ def main() -> None:
     parser.add_argument("--eps", type=float, nargs="+", default=[4.0, 8.0], help="PGD-10 budgets, in 1/255")
     parser.add_argument("--directions", nargs="+", choices=("up", "down"), default=["up", "down"],
                         help="the attack's directions (robustify's: both)")
-    parser.add_argument("--cache", default=".cache/front")
+    parser.add_argument("--model", default="default", help="the zoo model the candidates fine-tune (shipped weights)")
+    parser.add_argument("--cache", default=".cache/front", help="fine-tunes and calibrations go in <cache>/<model>")
     parser.add_argument("--out", default="outputs/front.md")
     args = parse_with_data(parser)
     started = time.time()
     data = load_data(args)
-    base = surgery.create_model("default", pretrained=True).eval()
+    base = surgery.create_model(args.model, pretrained=True).eval()
     head = surgery.locate(base, input_size=(3, 224, 224)).pooled_head()  # as robustify finds it, once per run
+    args.cache = os.path.join(args.cache, args.model)
     rows = [summary_row(front(name, base, data, seed, head, args), args.target, args.eps)
             for name in args.candidates for seed in args.seeds]
     table = surgery.Table([], rows).to_markdown()
-    atomic_write_text(f"## The recipe's front on validation (target {args.target:.0%})\n\n{table}\n", args.out)
+    atomic_write_text(f"## The recipe's front on validation ({args.model}, target {args.target:.0%})\n\n{table}\n", args.out)
     print(table)
     print(f"{time.time() - started:.0f} s in all")
 

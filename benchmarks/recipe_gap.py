@@ -12,7 +12,7 @@ two diagnostics that say which change of the recipe could move its front.
    contrast) and over all, for the same models: which distortions the consistency term costs.
    Noise at a few /255 is the distortion the attacks look like.
 
-Candidates are ``recipe_front.py``'s (the same names, fine-tunes and cache).
+Candidates are ``recipe_front.py``'s (the same names, ``--model``, fine-tunes and cache).
 
     python benchmarks/recipe_gap.py --data .cache/nips224 --labels .cache/nips224/labels-dss.pt --candidates epochs-4+last
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 
 import torch
@@ -62,12 +63,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--keep", type=float, default=0.4, help="the blend measured beside the whole fine-tune")
     parser.add_argument("--attacked", type=int, default=16, help="images attacked on each set")
-    parser.add_argument("--cache", default=".cache/front", help="recipe_front.py's")
+    parser.add_argument("--model", default="default", help="the zoo model (shipped weights), as recipe_front.py's")
+    parser.add_argument("--cache", default=".cache/front", help="recipe_front.py's: fine-tunes in <cache>/<model>")
     parser.add_argument("--out", default="outputs/recipe-gap.md")
     args = parse_with_data(parser)
     started = time.time()
     data = load_data(args)
-    base = surgery.create_model("default", pretrained=True).eval()
+    base = surgery.create_model(args.model, pretrained=True).eval()
+    args.cache = os.path.join(args.cache, args.model)
     gap_rows, distortion_rows = [], []
     for name in args.candidates:
         for seed in args.seeds:

@@ -51,12 +51,13 @@ class Recipe:
     otherwise: the surgery (``harden`` keywords; None: no block, no pruning), the training
     defence (None: the task loss alone; called with the spread of the training scores, their
     standard deviation), the fine-tune (``loss``, ``epochs``, AdamW's ``lr`` and
-    ``weight_decay``, its learning-rate ``schedule``, ``batch_size``, ``grad_clip``, which parameters train: those of the last ``train_blocks``
-    conv blocks :func:`surgery.locate` finds and of every layer after them, the head; None:
-    every parameter; and which epoch it returns, ``select``: the best by validation SROCC or
-    the last), the fraction of the fine-tune's weight change kept (:func:`~surgery.blend`;
-    None: all of it) and, with validation data, the share of the original's validation SROCC
-    the blend is chosen to keep instead (``target``; None: the fixed ``blend``)."""
+    ``weight_decay``, its learning-rate ``schedule``, ``batch_size``, ``grad_clip``, which
+    parameters train: those of the last ``train_blocks`` conv blocks :func:`surgery.locate`
+    finds and of every layer after them, the head; None: every parameter; and which epoch it
+    returns, ``select``: the best by validation SROCC or the last), the fraction of the
+    fine-tune's weight change kept (:func:`~surgery.blend`; None: all of it) and, with
+    validation data, the share of the original's validation SROCC the blend is chosen to keep
+    instead (``target``; None: the fixed ``blend``)."""
 
     name: str
     description: str
@@ -99,9 +100,10 @@ class Recipe:
 
 
 # the configuration measured on the default model (docs/results.md): MSE, 4 epochs, AdamW lr 1e-4
-# (weight decay 1e-4) on a cosine schedule, batch 8, gradients clipped at norm 1, its stages 4-6 and head trained (the last 4 blocks locate finds), the last epoch
-# returned (on validation, three seeds: more robust at the same SROCC once blended than 2
-# epochs or the best epoch by SROCC, which is a robust fine-tune's least robust)
+# (weight decay 1e-4) on a cosine schedule, batch 8, gradients clipped at norm 1, its stages 4-6
+# and head trained (the last 4 blocks locate finds), the last epoch returned (on validation, three
+# seeds: more robust at the same SROCC once blended than 2 epochs or the best epoch by SROCC, which
+# is a robust fine-tune's least robust)
 MEASURED = {"loss": "mse", "epochs": 4, "lr": 1e-4, "weight_decay": 1e-4, "schedule": "cosine", "batch_size": 8,
             "grad_clip": 1.0, "train_blocks": 4, "select": "last"}
 
@@ -210,8 +212,8 @@ def robustify(
     keywords (e.g. ``input_size``, ``calib``; a recipe without a block refuses them);
     ``finetune_options`` go to :func:`surgery.finetune` (``checkpoint_dir``, ``seed``, ...) and
     replace the recipe's settings they name (``epochs``, ``lr``, ``weight_decay``, ``schedule``,
-    ``loss``, ``batch_size``, ``grad_clip``, ``select``, ``defense``); ``parameters=`` names the tensors of ``model`` to train instead of the
-    recipe's rule, and the copy's counterparts are trained. The model is copied unless
+    ``loss``, ``batch_size``, ``grad_clip``, ``select``, ``defense``); ``parameters=`` names the
+    tensors of ``model`` to train instead of the recipe's rule, and the copy's counterparts are trained. The model is copied unless
     ``inplace``. A recipe with a ``blend`` moves the fine-tuned weights back toward the model
     as it came in after the fine-tune; the history and checkpoints are of the model before
     the blend. ``target``: with ``val``, the blend is the most robust one that keeps this
