@@ -106,7 +106,7 @@ def test_recipe_front_measures_each_candidate_over_the_keep_grid_on_validation(t
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "front.md").read_text()
     assert "| recipe | 0 |" in report and "| eps-8+blocks-1 | 0 |" in report and "x at 4/255" in report
-    assert "| recipe+best | 0 |" in report and len(list((tmp_path / "cache" / "tune").iterdir())) == 2  # best: no new fine-tune
+    assert "| recipe+best | 0 |" in report and len(list((tmp_path / "cache" / "default" / "tune").iterdir())) == 2  # best: no new fine-tune
     assert "head whole: keep" in report and "head whole: up x at 4/255" in report and "chosen: down x at 4/255" in report
     assert "keep 0" in done.stdout  # each calibration report is printed
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
