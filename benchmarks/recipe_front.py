@@ -121,6 +121,17 @@ def front(name: str, base, data: dict, seed: int, head: list[str], args) -> dict
     return record
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--cache``, which this script shares with recipe_gap.py."""
+    parser.add_argument("--model", default="default", help="the zoo model the candidates fine-tune (shipped weights)")
+    parser.add_argument("--cache", default=".cache/front", help="fine-tunes and calibrations go in <cache>/<model>")
+
+
+def model_and_cache(args) -> tuple:
+    """The model the candidates start from, in eval mode, and its cache folder."""
+    return surgery.create_model(args.model, pretrained=True).eval(), os.path.join(args.cache, args.model)
+
+
 def point(row: dict) -> tuple[float, float]:
     """(keep, the head's keep) of a grid row."""
     return row["keep"], row["head_keep"]
@@ -169,15 +180,13 @@ def main() -> None:
     parser.add_argument("--eps", type=float, nargs="+", default=[4.0, 8.0], help="PGD-10 budgets, in 1/255")
     parser.add_argument("--directions", nargs="+", choices=("up", "down"), default=["up", "down"],
                         help="the attack's directions (robustify's: both)")
-    parser.add_argument("--model", default="default", help="the zoo model the candidates fine-tune (shipped weights)")
-    parser.add_argument("--cache", default=".cache/front", help="fine-tunes and calibrations go in <cache>/<model>")
+    add_model_arguments(parser)
     parser.add_argument("--out", default="outputs/front.md")
     args = parse_with_data(parser)
     started = time.time()
     data = load_data(args)
-    base = surgery.create_model(args.model, pretrained=True).eval()
+    base, args.cache = model_and_cache(args)
     head = surgery.locate(base, input_size=(3, 224, 224)).pooled_head()  # as robustify finds it, once per run
-    args.cache = os.path.join(args.cache, args.model)
     rows = [summary_row(front(name, base, data, seed, head, args), args.target, args.eps)
             for name in args.candidates for seed in args.seeds]
     table = surgery.Table([], rows).to_markdown()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
 
 import torch
@@ -33,7 +32,7 @@ from surgery.files import atomic_write_text
 from surgery.scoring import scores
 
 from paper_tables import add_data_arguments, load_data, parse_with_data
-from recipe_front import tuned_candidate
+from recipe_front import add_model_arguments, model_and_cache, tuned_candidate
 
 
 def gains(base, tuned, data, keep: float, count: int, seed: int) -> dict:
@@ -63,14 +62,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--keep", type=float, default=0.4, help="the blend measured beside the whole fine-tune")
     parser.add_argument("--attacked", type=int, default=16, help="images attacked on each set")
-    parser.add_argument("--model", default="default", help="the zoo model (shipped weights), as recipe_front.py's")
-    parser.add_argument("--cache", default=".cache/front", help="recipe_front.py's: fine-tunes in <cache>/<model>")
+    add_model_arguments(parser)
     parser.add_argument("--out", default="outputs/recipe-gap.md")
     args = parse_with_data(parser)
     started = time.time()
     data = load_data(args)
-    base = surgery.create_model(args.model, pretrained=True).eval()
-    args.cache = os.path.join(args.cache, args.model)
+    base, args.cache = model_and_cache(args)
     gap_rows, distortion_rows = [], []
     for name in args.candidates:
         for seed in args.seeds:
