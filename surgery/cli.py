@@ -15,6 +15,7 @@ from surgery import distributed
 from surgery.calibration import check_target
 from surgery.evaluation import DEFAULT_ATTACKS, resolve_attacks
 from surgery.recipes import RECIPES
+from surgery.training import SCHEDULES
 from surgery.ortho import ortho_names
 
 
@@ -228,6 +229,8 @@ def _parser() -> argparse.ArgumentParser:
                                   "images, or 'none': the recipe's fixed blend)")
     p_robustify.add_argument("--epochs", type=_positive_int, help="instead of the recipe's")
     p_robustify.add_argument("--lr", type=float, help="instead of the recipe's")
+    p_robustify.add_argument("--schedule", choices=sorted(SCHEDULES), help="the learning rate's, instead of the recipe's")
+    p_robustify.add_argument("--batch-size", type=_positive_int, help="instead of the recipe's")
     p_robustify.add_argument("--seed", type=int, default=0)
     p_robustify.add_argument("--checkpoint-dir", help="folder of resumable fine-tune checkpoints")
     p_robustify.add_argument("--out", required=True, help="where to save the robust model (load it with surgery.load)")
@@ -307,7 +310,7 @@ def _pretrained(name: str, kwargs: dict, checkpoint: str | None, random_weights:
             "or --random-weights to use random ones (their scores mean nothing)"
         )
     if random_weights and checkpoint is None:
-        print(f"surgery: warning: {name} has random weights (--random-weights): its scores mean nothing", file=sys.stderr)
+        warnings.warn(f"{name} has random weights (--random-weights): its scores mean nothing", UserWarning, stacklevel=2)
     return ships and not random_weights and checkpoint is None  # a checkpoint carries every weight
 
 
@@ -427,7 +430,8 @@ def _robustify(args) -> int:
         if held >= len(train):
             raise UsageError(f"--val-fraction {args.val_fraction} leaves no training images of {len(train)}")
         train, val = Subset(train, sorted(order[held:])), Subset(train, sorted(order[:held]))
-    options = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    given = {"epochs": args.epochs, "lr": args.lr, "schedule": args.schedule, "batch_size": args.batch_size}
+    options = {k: v for k, v in given.items() if v is not None}
     robust, result = surgery.robustify(
         model, train, val, args.recipe, target=args.target, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
         **options,

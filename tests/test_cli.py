@@ -264,6 +264,34 @@ def test_robustify_passes_the_target_it_was_given(tmp_path, monkeypatch, extra, 
     assert code == 0 and called["target"] == target
 
 
+@pytest.mark.parametrize("extra,options", [
+    ([], {}),
+    (["--epochs", "2", "--lr", "0.001"], {"epochs": 2, "lr": 0.001}),
+    (["--schedule", "constant", "--batch-size", "4"], {"schedule": "constant", "batch_size": 4}),
+])
+def test_robustify_passes_the_finetune_options_it_was_given(tmp_path, monkeypatch, extra, options):
+    """Only the options given reach robustify: the others stay the recipe's."""
+    from surgery.training import FinetuneResult
+
+    folder, table = _photos(tmp_path, 8)
+    called = {}
+    monkeypatch.setattr(surgery, "robustify", lambda model, train, val, recipe, **kw: called.update(kw) or (model, FinetuneResult()))
+    code = main([
+        "robustify", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder),
+        "--csv", str(table), "--score-column", "mos", "--input-size", "3", "32", "32", *extra, "--out", str(tmp_path / "r.pt"),
+    ])
+    assert code == 0
+    assert {k: v for k, v in called.items() if k in ("epochs", "lr", "schedule", "batch_size")} == options
+
+
+def test_robustify_refuses_an_unknown_schedule(tmp_path, capsys):
+    folder, table = _photos(tmp_path, 4)
+    with pytest.raises(SystemExit) as exit_:
+        main(["robustify", "default", "--images", str(folder), "--csv", str(table), "--score-column", "mos",
+              "--schedule", "linear", "--out", str(tmp_path / "r.pt")])
+    assert exit_.value.code == 2 and "invalid choice: 'linear'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("debug", [False, True])
 def test_a_warning_is_one_line_as_the_errors_are(tmp_path, monkeypatch, capsys, debug):
     """robustify without validation data warns that it cannot calibrate: one line naming it, not
