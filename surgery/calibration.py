@@ -268,6 +268,11 @@ def _measure_blends(original: nn.Module, tuned: nn.Module, stream: ImageStream, 
     attacked = list(stream.batches(picked, shard=False))
     attack = PGD(eps=settings["eps"], steps=settings["steps"], random_start=True, seed=settings["seed"])
     srocc_0, gain_0, mos = _measure(original, stream, mos, attacked, attack, directions)
+    if not srocc_0 > 0:  # a share of a SROCC <= 0 would pass blends for keeping more the worse they rank
+        raise ValueError(
+            f"the original's validation SROCC is {srocc_0:.4f}: calibrating keeps a share of it, which needs scores that rise "
+            "with the validation MOS; check the labels' direction (negate a lower-is-better score) or pass target=None"
+        )
     work = copy.deepcopy(tuned)  # each keep blends a fresh copy of the tuned weights, which stay as they are
     points = [(keep, keep) for keep in keeps]
     if head:

@@ -415,7 +415,17 @@ def _robustify(args) -> int:
         raise UsageError("--val-csv and --val-fraction both give validation images: pass one")
     if args.target not in ("recipe", None) and not (args.val_csv or args.val_fraction):
         raise UsageError("--target chooses the blend on validation images: add --val-csv FILE or --val-fraction 0.1")
+    if args.val_images and not args.val_csv:
+        raise UsageError("--val-images is the folder of --val-csv's images: add --val-csv FILE (--val-fraction holds out training images)")
+    if args.val_csv and os.path.abspath(args.val_csv) == os.path.abspath(args.csv):
+        raise UsageError(
+            "--val-csv is the training CSV: the blend would be chosen on training images; pass a held-out CSV or --val-fraction"
+        )
     if os.path.isfile(args.model):
+        zoo_only = [flag for flag, given in (("--checkpoint", args.checkpoint), ("--model-arg", args.model_arg),
+                                              ("--random-weights", args.random_weights)) if given]
+        if zoo_only:
+            raise UsageError(f"{' and '.join(zoo_only)} set up zoo models: {args.model} is a saved file, loaded as it was saved")
         model = surgery.load(args.model)
     else:
         model, _ = _zoo_model(args.model, _model_kwargs(args.model_arg), args.checkpoint, args.random_weights)

@@ -6,8 +6,9 @@ fingerprinted by three parts, each compared on resume so the refusal can say whi
 differs: the model as it enters the run (every parameter and buffer name, shape and
 value), the settings (a JSON-able dict, kept whole so the differing keys can be
 named), and the data (lengths, the scores when a dataset exposes them without loading
-images, and a strided sample of the pixels of tensor data; a Dataset that loads or
-augments images on the fly is known by its type and length only).
+images, a strided sample of the pixels of tensor data, a subset's indices, an image
+folder's file names and read size; any other Dataset that loads or augments images on
+the fly is known by its type, length and scores only).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 __all__ = [
     "update_digest", "model_fingerprint", "state_fingerprint", "data_fingerprint", "image_fingerprints", "settings_record",
@@ -61,10 +62,23 @@ def data_fingerprint(*datasets: Dataset | None, targets=None) -> str:
         scores = targets(dataset) if targets is not None else None
         if scores is not None:
             update_digest(digest, scores)
-        if isinstance(dataset, TensorDataset):
-            images = dataset.tensors[0].reshape(-1)
-            update_digest(digest, images[:: max(1, images.numel() // _PIXEL_SAMPLE)])
+        _update_with_contents(digest, dataset)
     return digest.hexdigest()
+
+
+def _update_with_contents(digest, dataset: Dataset) -> None:
+    """Feed what tells a dataset's images apart without reading them all: a strided sample of a
+    tensor dataset's pixels, a subset's indices into its dataset, a folder's file names and the
+    size it reads them at (not the folder's path, so a moved folder still resumes)."""
+    if isinstance(dataset, TensorDataset):
+        images = dataset.tensors[0].reshape(-1)
+        update_digest(digest, images[:: max(1, images.numel() // _PIXEL_SAMPLE)])
+    elif isinstance(dataset, Subset):
+        digest.update(json.dumps([int(i) for i in dataset.indices]).encode())
+        digest.update(type(dataset.dataset).__name__.encode())
+        _update_with_contents(digest, dataset.dataset)
+    elif isinstance(getattr(dataset, "names", None), list) and isinstance(getattr(dataset, "size", None), tuple):
+        digest.update(json.dumps({"names": dataset.names, "size": list(dataset.size)}).encode())
 
 
 def image_fingerprints(images: torch.Tensor) -> torch.Tensor:

@@ -163,11 +163,13 @@ def _score_spread(train: DataSpec) -> float:
 
 def _same_parameters(hardened: nn.Module, original_names: dict, trained: list[str]) -> list[nn.Parameter]:
     """The hardened copy's tensors that stand for the original's ``trained`` ones (by name, across
-    the copy, a splice and pruning, which replace the tensor objects)."""
+    the copy, a splice and pruning, which replace the tensor objects), and the tensors a spliced
+    block adds: the original has none to name, and an untrained block keeps its initial map."""
     own = dict(hardened.named_parameters())
     original_of = counterparts(hardened, dict.fromkeys(hardened.state_dict()), original_names)
     copy_of = {source: key for key, source in original_of.items()}
-    return [own[copy_of[name]] for name in trained]
+    added = [tensor for key, tensor in own.items() if key not in original_of]
+    return [own[copy_of[name]] for name in trained] + added
 
 
 def _locate_on(model: nn.Module, train: DataSpec) -> tuple[ModelMap | None, str | None]:
@@ -214,7 +216,8 @@ def robustify(
     replace the recipe's settings they name (``epochs``, ``lr``, ``weight_decay``, ``schedule``,
     ``loss``, ``batch_size``, ``grad_clip``, ``select``, ``defense``); ``parameters=`` names the
     tensors of ``model`` to train instead of the recipe's rule, and the copy's counterparts are
-    trained. The model is copied unless ``inplace``. A recipe with a ``blend`` moves the
+    trained (with a recipe that splices a block, the block's own tensors too). The model is
+    copied unless ``inplace``. A recipe with a ``blend`` moves the
     fine-tuned weights back toward the model as it came in after the fine-tune; the history
     and checkpoints are of the model before the blend. ``target``: with ``val``, the blend is the most robust one that keeps this
     share of the original's validation SROCC (:func:`surgery.calibration.calibrate_blend`, the

@@ -172,13 +172,15 @@ def _train_mode(network: nn.Module, params: Sequence[nn.Parameter]) -> None:
 
 
 @torch.no_grad()
-def _validate(network: nn.Module, loader: DataLoader, device: torch.device, autocast) -> dict:
+def _validate(network: nn.Module, loader: DataLoader, device: torch.device) -> dict:
+    """Validation scores in full precision even when training runs in bf16 autocast: bf16
+    rounds scores of 32-64 to steps of 0.25, whose ties would move the SROCC the best epoch is
+    chosen by (and the blend calibrated on afterwards scores in full precision)."""
     network.eval()
     predictions, targets = [], []
     for images, target, indices in loader:
         check_images(images, indices.tolist(), "val image")
-        with autocast():
-            predictions.append(_scores(network, images.to(device)).cpu())
+        predictions.append(_scores(network, images.to(device)).float().cpu())
         targets.append(target.reshape(-1).float())
     p, t = torch.cat(predictions), torch.cat(targets)
     return {"val_srocc": metrics.srocc(p, t), "val_plcc": metrics.plcc(p, t),
@@ -236,7 +238,8 @@ class _Loaders:
         self.generator = torch.Generator().manual_seed(seed)
         self.train = DataLoader(
             train_set, batch_size=batch_size, shuffle=self.sampler is None, sampler=self.sampler, generator=self.generator,
-            num_workers=num_workers, drop_last=len(train_set) > batch_size,
+            # a rank's share, not the whole set: under DDP a share smaller than a batch would drop every batch
+            num_workers=num_workers, drop_last=(len(self.sampler) if sharded else len(train_set)) > batch_size,
         )
         val_set = None if val is None else as_dataset(val, "val")
         if val_set is not None:
@@ -321,6 +324,8 @@ class _Checkpoints:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"].cpu())
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
             generator.set_state(state["loader_rng"].cpu())
             # this folder's best.pt, not the path recorded: the folder may have moved since
             best_path = self.best if state["best_path"] is not None else None
@@ -340,7 +345,8 @@ class _Checkpoints:
             modelfile.write(model, self.best)
         return self.best
 
-    def save_last(self, model, optimizer, scheduler, generator, epoch: int, result: FinetuneResult, run: dict) -> None:
+    def save_last(self, model, optimizer, scheduler, generator, device: torch.device, epoch: int, result: FinetuneResult,
+                  run: dict) -> None:
         if self.last is None or not self.write:
             return
         state = {
@@ -349,6 +355,8 @@ class _Checkpoints:
             "rng": torch.get_rng_state(), "loader_rng": generator.get_state(), "epoch": epoch, "history": result.history,
             "best_epoch": result.best_epoch, "best_srocc": result.best_srocc, "best_path": result.best_path,
         }
+        if device.type == "cuda":  # a GPU draws the attacks' random starts from its own generator
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
         atomic_save(state, self.last)
 
 
@@ -368,6 +376,19 @@ def _gives_model_back_on_error(run: Callable[..., FinetuneResult]) -> Callable[.
                 raise
 
     return wrapper
+
+
+def _check_numbers(*, epochs: int, lr: float, weight_decay: float, batch_size: int, grad_clip: float | None) -> None:
+    """Refuse the settings that would train nothing, or climb the loss, without an error."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if grad_clip is not None and (not math.isfinite(grad_clip) or grad_clip <= 0):
+        raise ValueError(f"grad_clip must be > 0 (a gradient norm) or None (no clipping), got {grad_clip!r}")
 
 
 @distributed.joins_torchrun(
@@ -439,6 +460,9 @@ def finetune(
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {schedule!r}")
+    _check_numbers(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, grad_clip=grad_clip)
+    if val is not None and val is train:
+        raise ValueError("val is train: validation (the best epoch, the overfitting check) needs images held out from train")
     torch.manual_seed(seed)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if device.type == "cuda" and distributed.launched_by_torchrun():
@@ -496,7 +520,7 @@ def finetune(
             bar = tqdm(loaders.train, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and is_main), leave=False)
             record = {"epoch": epoch + 1, "train_loss": step.epoch(bar, use_channels_last, epoch), "lr": scheduler.get_last_lr()[0]}
             if loaders.val is not None:
-                record.update(_validate(network, loaders.val, device, step.autocast))
+                record.update(_validate(network, loaders.val, device))
             record["seconds"] = time.perf_counter() - started
             if check is not None:
                 started = time.perf_counter()
@@ -520,7 +544,7 @@ def finetune(
                 result.best_path = checkpoints.save_best(model)
                 if result.best_path is None and select == "best":
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            checkpoints.save_last(model, optimizer, scheduler, loaders.generator, epoch, result, run)
+            checkpoints.save_last(model, optimizer, scheduler, loaders.generator, device, epoch, result, run)
             if progress and is_main:
                 tqdm.write(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
             if sharded:

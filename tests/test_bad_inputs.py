@@ -52,6 +52,13 @@ CASES = {
     "finetune: 0..255 images": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8) * 255, torch.rand(4)), progress=False), ValueError, r"in \[0, 1\]"),
     "finetune: NaN labels": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.full((4,), float("nan"))), progress=False), ValueError, "NaN or inf scores"),
     "finetune: constant validation": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), (torch.rand(3, 3, 8, 8), torch.zeros(3)), progress=False), ValueError, "every val score"),
+    "finetune: no epochs": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), epochs=0, progress=False), ValueError, "epochs must be a whole number >= 1"),
+    "finetune: lr 0": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), lr=0.0, progress=False), ValueError, "lr must be > 0"),
+    "finetune: negative weight decay": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), weight_decay=-1e-4, progress=False), ValueError, "weight_decay must be >= 0"),
+    "finetune: batch size 0": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), batch_size=0, progress=False), ValueError, "batch_size must be"),
+    "finetune: negative grad clip": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), grad_clip=-1.0, progress=False), ValueError, "grad_clip must be > 0"),
+    "finetune: val is train": (lambda t: (lambda d: surgery.finetune(TinyIQA(), d, d, progress=False))((torch.rand(4, 3, 8, 8), torch.rand(4))), ValueError, "val is train"),
+    "robustify: no epochs": (lambda t: surgery.robustify(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), target=None, epochs=0, progress=False), ValueError, "epochs must be"),
     # data and zoo
     "load_image: corrupt": (lambda t: load_image(_corrupt_file(t)), ValueError, "corrupt or not an image"),
     "ImageFolder: missing folder": (lambda t: ImageFolder(os.path.join(t, "absent")), FileNotFoundError, "does not exist"),

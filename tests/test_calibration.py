@@ -56,6 +56,20 @@ def test_the_most_robust_keep_that_meets_the_target_is_chosen(dial, target, keep
     assert tuned.value.item() == 1.0 and original.value.item() == 0.0  # neither model is changed
 
 
+def test_an_original_whose_scores_fall_as_the_mos_rises_is_refused():
+    """A share of a SROCC <= 0 ranks the blends backwards (the worse they rank, the more they
+    'keep'): the calibration names the problem instead of choosing by it."""
+    torch.manual_seed(0)
+    original = Squashed()
+    with torch.no_grad():
+        original.factor.fill_(-1.0)
+    images, _ = cluster_data(16, 16)
+    with torch.no_grad():
+        targets = original.net(images)  # what the unscaled network ranks perfectly
+    with pytest.raises(ValueError, match="validation SROCC is .*negate a lower-is-better score"):
+        calibrate_blend(original, copy.deepcopy(original), (images, targets), 0.99, keeps=[1.0], attack_images=2)
+
+
 # a blend that holds one direction and gives the other away: raising gets harder with the keep,
 # lowering easier past 0.4
 UP = {0.0: 1.0, 0.2: 0.8, 0.4: 0.6, 0.6: 0.5, 0.8: 0.3, 1.0: 0.2}
@@ -304,10 +318,11 @@ def test_cached_measurements_are_chosen_from_again_and_never_stale(tmp_path, mon
     assert calls == [] and str(again) == str(first)
     looser = calibrate_blend(original, tuned, (images, targets), 0.5, keeps=[0.5, 1.0], attack_images=4, cache_dir=tmp_path)
     assert calls == [] and looser.grid == first.grid and looser.target == 0.5
-    changed_pixel = images.clone()
+    changed_pixel, changed_score = images.clone(), targets.clone()
     changed_pixel[3, 1, 5, 7] += 0.01
+    changed_score[3] += 0.01
     others = [  # each measures what the first call did not: none may be answered from its file
-        {"val": (images, targets.flip(0))}, {"val": (changed_pixel, targets)}, {"eps": 2 / 255}, {"steps": 3},
+        {"val": (images, changed_score)}, {"val": (changed_pixel, targets)}, {"eps": 2 / 255}, {"steps": 3},
         {"keeps": [0.4, 1.0]}, {"directions": ("up",)}, {"head": ["fc"]}, {"seed": 1}, {"attack_images": 3},
     ]
     for change in others:

@@ -229,7 +229,16 @@ def test_model_names_tell_files_apart(specs, names):
 
 
 def test_robustify_calibrates_saves_and_round_trips_through_load(tmp_path, monkeypatch, capsys):
+    from surgery.data import ImageFolder
+
     folder, table = _photos(tmp_path, 16)
+    with torch.random.fork_rng():  # the MOS: the random model's own scores, which it ranks well (the calibration needs that)
+        torch.manual_seed(0)
+        model = surgery.create_model("timm-iqa", pretrained=False, backbone="resnet18").eval()
+    photos = ImageFolder(folder, table, size=(32, 32))
+    with torch.no_grad():
+        own = model(torch.stack([photos[i][0] for i in range(len(photos))]))
+    table.write_text("image,mos\n" + "".join(f"{i}.png,{score:.6f}\n" for i, score in enumerate(own.tolist())))
     saved = {}
     save = surgery.save
     monkeypatch.setattr(surgery, "save", lambda model, path: saved.update(model=model) or save(model, path))
@@ -335,9 +344,19 @@ def test_target_option_names_what_it_takes(value):
 @pytest.mark.parametrize("extra,message", [
     (["--target", "0.99"], "--target chooses the blend on validation images"),
     (["--val-csv", "v.csv", "--val-fraction", "0.2"], "pass one"),
+    (["--val-images", "v/", "--val-fraction", "0.2"], "--val-images is the folder of --val-csv's images"),
+    (["--val-csv", "{csv}"], "--val-csv is the training CSV"),
+    (["{saved}", "--checkpoint", "w.pth"], "--checkpoint set up zoo models"),
+    (["{saved}", "--random-weights", "--model-arg", "backbone=resnet18"], "--model-arg and --random-weights set up zoo models"),
 ])
 def test_robustify_refuses_what_it_cannot_do(tmp_path, capsys, extra, message):
+    """Each would run and silently do something else: choose the blend on training images, or
+    train a saved model's own weights instead of the checkpoint named."""
     folder, table = _photos(tmp_path, 4)
-    arguments = ["robustify", "default", "--images", str(folder), "--csv", str(table), "--score-column", "mos", "--out", "r.pt"]
+    saved = tmp_path / "saved.pt"
+    saved.write_bytes(b"never read: the flags are refused first")
+    model = str(saved) if "{saved}" in extra else "default"
+    extra = [a.format(csv=table) for a in extra if a != "{saved}"]
+    arguments = ["robustify", model, "--images", str(folder), "--csv", str(table), "--score-column", "mos", "--out", "r.pt"]
     assert main(arguments + extra) == 2
     assert message in capsys.readouterr().err

@@ -503,3 +503,82 @@ def test_the_attack_check_needs_a_defence_that_attacks_and_a_sane_count():
     assert "val_attack_gain" not in history[0]
     with pytest.raises(ValueError, match="attack_check_images"):
         finetune(TinyIQA(), train, val, epochs=1, progress=False, attack_check_images=-1)
+
+
+def test_a_folder_read_at_another_size_or_another_subset_is_other_data(tmp_path):
+    """`surgery robustify --input-size` changed, or another --val-fraction draw, used to resume
+    the earlier run: a folder was known by its type, length and scores only."""
+    import shutil
+
+    from PIL import Image
+    from torch.utils.data import Subset
+
+    from surgery.data import ImageFolder
+    from surgery.fingerprint import data_fingerprint
+    from surgery.training import known_targets
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rows = ["image,mos"]
+    for i in range(4):
+        pixels = torch.rand(8, 8, 3, generator=torch.Generator().manual_seed(i)) * 255
+        Image.fromarray(pixels.to(torch.uint8).numpy()).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{i}")
+    (folder / "scores.csv").write_text("\n".join(rows))
+
+    def fingerprint(dataset):
+        return data_fingerprint(dataset, targets=known_targets)
+
+    at_16 = fingerprint(ImageFolder(folder, folder / "scores.csv", size=(16, 16)))
+    assert fingerprint(ImageFolder(folder, folder / "scores.csv", size=(32, 32))) != at_16
+    moved = shutil.copytree(folder, tmp_path / "moved")
+    assert fingerprint(ImageFolder(moved, moved / "scores.csv", size=(16, 16))) == at_16  # a moved folder still resumes
+    images = ImageFolder(folder, folder / "scores.csv", size=(16, 16))
+    assert fingerprint(Subset(images, [0, 1])) != fingerprint(Subset(images, [0, 2]))
+    assert fingerprint(Subset(images, [0, 1])) == fingerprint(Subset(images, [0, 1]))
+
+
+def test_a_gpu_run_resumes_the_gpu_generator_it_stopped_with(tmp_path, monkeypatch):
+    """On a GPU the consistency attack's random starts come from the GPU's generator: a resumed
+    run that reseeded it would repeat epoch 1's starts (the CUDA calls are stood in for on CPU)."""
+    from surgery.training import FinetuneResult, _Checkpoints
+
+    gpu = torch.device("cuda", 0)
+    stopped_with, restored = torch.arange(16, dtype=torch.uint8), {}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: stopped_with.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.update(state=state, device=device))
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, map_location=None, weights_only=True: load(path, map_location="cpu", weights_only=True))
+    model = TinyIQA()
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpoints = _Checkpoints(tmp_path, write=True)
+    run = {"model": "m", "data": "d", "settings": {}}
+    checkpoints.save_last(model, optimizer, scheduler, torch.Generator(), gpu, 0, FinetuneResult(), run)
+    _, start = checkpoints.resume(model, optimizer, scheduler, torch.Generator(), gpu, FinetuneResult(), run)
+    assert start == 1 and torch.equal(restored["state"], stopped_with) and restored["device"] == gpu
+
+
+def test_validation_scores_in_full_precision_under_bf16_autocast():
+    """Training in bf16 autocast (amp=True, a GPU's default) used to validate in it too: scores
+    rounded to bf16 steps, whose ties moved the SROCC the best epoch is chosen by."""
+    train, val = toy_split()
+    model = TinyIQA()
+    result = finetune(model, train, val, epochs=1, amp=True, progress=False)
+    with torch.no_grad():
+        scores = model.eval()(val[0])
+    assert result.history[0]["val_score_min"] == float(scores.min()) and result.history[0]["val_score_max"] == float(scores.max())
+    assert result.history[0]["val_srocc"] == pytest.approx(surgery.metrics.srocc(scores, val[1]), abs=1e-12)
+
+
+def test_a_rank_whose_share_is_smaller_than_a_batch_still_trains(monkeypatch):
+    """Under DDP, drop_last compared the whole set with the batch: 12 images on 2 ranks at
+    batch 8 gave each rank 6 images, one short batch, dropped: nothing trained."""
+    from torch.utils.data import DistributedSampler
+
+    from surgery import training
+
+    monkeypatch.setattr(training, "DistributedSampler", lambda data, seed: DistributedSampler(data, num_replicas=2, rank=0, seed=seed))
+    train, _ = toy_split(16)
+    loaders = training._Loaders(train, None, batch_size=8, seed=0, num_workers=0, sharded=True)
+    assert len(train[0]) == 12 and [len(batch[0]) for batch in loaders.train] == [6]

@@ -153,8 +153,8 @@ def test_robustify_warns_when_the_score_spread_is_unknown():
 @pytest.mark.parametrize("recipe", ["robust", "robust-strong", "paper"])
 def test_parameters_train_exactly_those_tensors_of_the_returned_model(recipe, monkeypatch):
     """parameters=list(model.fc.parameters()) used to hand the original's tensors to the optimiser of
-    the copy: the returned model was not trained at all. "robust" runs as it ships: its blend
-    calibrated on validation data."""
+    the copy: the returned model was not trained at all; with "paper", the spliced block was left
+    at its initial map. "robust" runs as it ships: its blend calibrated on validation data."""
     from surgery import recipes
 
     images, targets = cluster_data(32, 8)
@@ -173,7 +173,9 @@ def test_parameters_train_exactly_those_tensors_of_the_returned_model(recipe, mo
     robust, _ = surgery.robustify(model, (images, targets), recipe=recipe, parameters=list(model.fc.parameters()),
                                   epochs=1, lr=1e-2, loss="mse", progress=False, **options)
     assert trained["model"] is robust
-    assert [id(p) for p in trained["parameters"]] == [id(robust.fc.weight), id(robust.fc.bias)]
+    added = [p for name, p in robust.named_parameters() if ".robust." in name]  # the spliced block's: none of the model's to name
+    assert bool(added) == (recipe == "paper")
+    assert [id(p) for p in trained["parameters"]] == [id(robust.fc.weight), id(robust.fc.bias)] + [id(p) for p in added]
     assert_unchanged(model, before)
     if recipe != "paper":  # same architecture: every other tensor is the original's
         changed = {k for k, v in robust.state_dict().items() if not torch.equal(v, before["state"][k])}
