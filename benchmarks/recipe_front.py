@@ -9,7 +9,10 @@ A candidate is ``surgery.robustify(model, train, val, recipe="robust-strong", se
 settings, the others as the recipe's), ``epochs-N``, ``all`` (every parameter trains:
 ``parameters=list(model.parameters())``), ``blocks-N`` (the last N conv blocks and the head, the
 recipe's rule with N for its 4), ``own`` (:class:`~surgery.defenses.OwnSpreadConsistencyTraining`:
-the gap in the batch's own score spread), ``last`` / ``best`` (the last epoch is blended, or
+the gap in the batch's own score spread), ``bn-eval`` (every BatchNorm layer normalises by its
+running statistics throughout the fine-tune, as at inference, its scale and shift still
+trained: the consistency gap is then penalised on the function that is attacked and shipped,
+not under the statistics of a batch of clean and attacked images together), ``last`` / ``best`` (the last epoch is blended, or
 the best by validation SROCC, instead of the recipe's ``select``: the same fine-tune). Every
 blend the calibration measures (every keep of :data:`surgery.calibration.KEEP_GRID`, and the
 head's change kept whole with the rest at 0..0.9) is scored on the 252 validation images
@@ -28,12 +31,15 @@ Fine-tunes and calibrations are cached under ``--cache``/``--model``: a run that
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
 import time
+import types
 
 import numpy as np
+from torch import nn
 
 import surgery
 from surgery.calibration import calibrate_blend, choose
@@ -55,7 +61,7 @@ def candidate_options(name: str, base, spread: float) -> dict:
     defense = ConsistencyTraining
     for part in name.split("+"):
         key, _, value = part.partition("-")
-        if part in ("recipe", "last", "best"):
+        if part in ("recipe", "last", "best", "bn-eval"):
             continue
         if key in DEFENSE_KEYS and value:
             settings[DEFENSE_KEYS[key]] = float(value)
@@ -71,7 +77,7 @@ def candidate_options(name: str, base, spread: float) -> dict:
         else:
             raise ValueError(
                 f"candidate {name!r}: unknown part {part!r} "
-                "(recipe, eps-E, beta-B, steps-K, share-F, epochs-N, all, blocks-N, own, last, best)"
+                "(recipe, eps-E, beta-B, steps-K, share-F, epochs-N, all, blocks-N, own, bn-eval, last, best)"
             )
     options["defense"] = defense(
         eps=settings["eps"] / 255, steps=int(settings["steps"]), beta=settings["beta"], scale=spread, fraction=settings["fraction"]
@@ -89,8 +95,19 @@ def training(name: str, base, data: dict) -> tuple[dict, str, str]:
     return options, digest, select
 
 
+def running_statistics(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm layer in eval mode for good: ``train()`` leaves them there."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            module.train = types.MethodType(lambda self, mode=True: self, module)
+    return model
+
+
 def tuned_candidate(name: str, base, data: dict, seed: int, cache: str):
     """``(fine-tuned model, its history)`` of candidate ``name`` (cached under ``cache/tune``)."""
+    if "bn-eval" in name.split("+"):
+        base = running_statistics(copy.deepcopy(base))
     options, digest, select = training(name, base, data)
     trained_as = "+".join(p for p in name.split("+") if p not in ("last", "best")) or "recipe"  # they train nothing new
     folder = os.path.join(cache, "tune", f"{trained_as}-{digest}-{data_tag(data)}-s{seed}")

@@ -99,18 +99,40 @@ def test_recipe_gap_measures_training_and_validation_images_and_each_distortion(
 def test_recipe_front_measures_each_candidate_over_the_keep_grid_on_validation(tmp_path, labels):
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "recipe_front.py"), "--references", "20", "--tune-steps", "1",
-        "--epochs", "1", "--val-images", "4", "--candidates", "recipe", "recipe+best", "eps-8+blocks-1", "--eps", "4", "--target", "0.5",
+        "--epochs", "1", "--val-images", "4", "--candidates", "recipe", "recipe+best", "eps-8+blocks-1+bn-eval", "--eps", "4",
+        "--target", "0.5",
         "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "front.md"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "front.md").read_text()
-    assert "| recipe | 0 |" in report and "| eps-8+blocks-1 | 0 |" in report and "x at 4/255" in report
+    assert "| recipe | 0 |" in report and "| eps-8+blocks-1+bn-eval | 0 |" in report and "x at 4/255" in report
     assert "| recipe+best | 0 |" in report and len(list((tmp_path / "cache" / "default" / "tune").iterdir())) == 2  # best: no new fine-tune
     assert "head whole: keep" in report and "head whole: up x at 4/255" in report and "chosen: down x at 4/255" in report
     assert "keep 0" in done.stdout  # each calibration report is printed
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert again.returncode == 0 and "epoch 1/" not in again.stderr and (tmp_path / "front.md").read_text() == report
+
+
+def test_recipe_fronts_bn_eval_keeps_the_running_statistics_through_a_fine_tune(monkeypatch):
+    """The bn-eval candidate: its BatchNorm layers normalise as at inference while their scale
+    and shift train, in the copy robustify makes too."""
+    import copy
+
+    from torch import nn
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from recipe_front import running_statistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1),
+                          nn.Flatten(0))
+    pinned = copy.deepcopy(running_statistics(model)).train()
+    statistics = copy.deepcopy(pinned[1].state_dict())
+    surgery.finetune(pinned, (torch.rand(8, 3, 8, 8), torch.rand(8)), epochs=1, lr=1e-2, progress=False)
+    assert not pinned[1].training
+    torch.testing.assert_close(pinned[1].running_mean, statistics["running_mean"])
+    assert not torch.equal(pinned[1].weight, statistics["weight"])
 
 
 @pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
