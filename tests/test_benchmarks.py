@@ -99,14 +99,14 @@ def test_recipe_gap_measures_training_and_validation_images_and_each_distortion(
 def test_recipe_front_measures_each_candidate_over_the_keep_grid_on_validation(tmp_path, labels):
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "recipe_front.py"), "--references", "20", "--tune-steps", "1",
-        "--epochs", "1", "--val-images", "4", "--candidates", "recipe", "recipe+best", "eps-8+blocks-1+bn-eval", "--eps", "4",
+        "--epochs", "1", "--val-images", "4", "--candidates", "recipe", "recipe+best", "eps-8+blocks-1+bn-eval+split", "--eps", "4",
         "--target", "0.5",
         "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "front.md"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "front.md").read_text()
-    assert "| recipe | 0 |" in report and "| eps-8+blocks-1+bn-eval | 0 |" in report and "x at 4/255" in report
+    assert "| recipe | 0 |" in report and "| eps-8+blocks-1+bn-eval+split | 0 |" in report and "x at 4/255" in report
     assert "| recipe+best | 0 |" in report and len(list((tmp_path / "cache" / "default" / "tune").iterdir())) == 2  # best: no new fine-tune
     assert "head whole: keep" in report and "head whole: up x at 4/255" in report and "chosen: down x at 4/255" in report
     assert "keep 0" in done.stdout  # each calibration report is printed
@@ -133,6 +133,22 @@ def test_recipe_fronts_bn_eval_keeps_the_running_statistics_through_a_fine_tune(
     assert not pinned[1].training
     torch.testing.assert_close(pinned[1].running_mean, statistics["running_mean"])
     assert not torch.equal(pinned[1].weight, statistics["weight"])
+
+
+def test_recipe_fronts_split_candidate_raises_half_the_scores_and_lowers_the_rest(monkeypatch):
+    from surgery.defenses.base import TrainingScore
+    from tests.models import TinyIQA
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from recipe_front import SplitDirectionConsistency
+
+    torch.manual_seed(0)
+    model, images = TinyIQA(), torch.rand(5, 3, 8, 8) * 0.5 + 0.25
+    score = TrainingScore(model, lambda network, x: network(x))
+    attacked = SplitDirectionConsistency(eps=8 / 255, steps=3).adversarial(score, images)
+    with torch.no_grad():
+        change = model(attacked) - model(images)
+    assert (change[:2] > 0).all() and (change[2:] < 0).all() and (attacked - images).abs().max() <= 8 / 255 + 1e-6
 
 
 @pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
