@@ -257,29 +257,8 @@ def test_robustify_calibrates_saves_and_round_trips_through_load(tmp_path, monke
         torch.testing.assert_close(loaded(images), saved["model"].eval()(images))
 
 
-@pytest.mark.parametrize("extra,target", [([], "recipe"), (["--target", "none"], None), (["--target", "0.95"], 0.95)])
-def test_robustify_passes_the_target_it_was_given(tmp_path, monkeypatch, extra, target):
-    """No --target: the recipe's (robustify calibrates when there is validation data); none: the fixed blend."""
-    from surgery.training import FinetuneResult
-
-    folder, table = _photos(tmp_path, 8)
-    called = {}
-    monkeypatch.setattr(surgery, "robustify", lambda model, train, val, recipe, **kw: called.update(kw) or (model, FinetuneResult()))
-    code = main([
-        "robustify", "timm-iqa", "--random-weights", "--model-arg", "backbone=resnet18", "--images", str(folder),
-        "--csv", str(table), "--score-column", "mos", "--input-size", "3", "32", "32", "--val-fraction", "0.25",
-        *extra, "--out", str(tmp_path / "robust.pt"),
-    ])
-    assert code == 0 and called["target"] == target
-
-
-@pytest.mark.parametrize("extra,options", [
-    ([], {}),
-    (["--epochs", "2", "--lr", "0.001"], {"epochs": 2, "lr": 0.001}),
-    (["--schedule", "constant", "--batch-size", "4"], {"schedule": "constant", "batch_size": 4}),
-])
-def test_robustify_passes_the_finetune_options_it_was_given(tmp_path, monkeypatch, extra, options):
-    """Only the options given reach robustify: the others stay the recipe's."""
+def _robustify_keywords(tmp_path, monkeypatch, extra: list[str]) -> dict:
+    """The keywords `surgery robustify ... EXTRA` calls robustify with (a stand-in that trains nothing)."""
     from surgery.training import FinetuneResult
 
     folder, table = _photos(tmp_path, 8)
@@ -290,6 +269,23 @@ def test_robustify_passes_the_finetune_options_it_was_given(tmp_path, monkeypatc
         "--csv", str(table), "--score-column", "mos", "--input-size", "3", "32", "32", *extra, "--out", str(tmp_path / "r.pt"),
     ])
     assert code == 0
+    return called
+
+
+@pytest.mark.parametrize("extra,target", [([], "recipe"), (["--target", "none"], None), (["--target", "0.95"], 0.95)])
+def test_robustify_passes_the_target_it_was_given(tmp_path, monkeypatch, extra, target):
+    """No --target: the recipe's (robustify calibrates when there is validation data); none: the fixed blend."""
+    assert _robustify_keywords(tmp_path, monkeypatch, ["--val-fraction", "0.25", *extra])["target"] == target
+
+
+@pytest.mark.parametrize("extra,options", [
+    ([], {}),
+    (["--epochs", "2", "--lr", "0.001"], {"epochs": 2, "lr": 0.001}),
+    (["--schedule", "constant", "--batch-size", "4"], {"schedule": "constant", "batch_size": 4}),
+])
+def test_robustify_passes_the_finetune_options_it_was_given(tmp_path, monkeypatch, extra, options):
+    """Only the options given reach robustify: the others stay the recipe's."""
+    called = _robustify_keywords(tmp_path, monkeypatch, extra)
     assert {k: v for k, v in called.items() if k in ("epochs", "lr", "schedule", "batch_size")} == options
 
 
