@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 import time
 import warnings
@@ -381,7 +382,7 @@ def _gives_model_back_on_error(run: Callable[..., FinetuneResult]) -> Callable[.
 def _check_numbers(*, epochs: int, lr: float, weight_decay: float, batch_size: int, grad_clip: float | None) -> None:
     """Refuse the settings that would train nothing, or climb the loss, without an error."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     if not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
