@@ -217,10 +217,10 @@ def robustify(
     ``loss``, ``batch_size``, ``grad_clip``, ``select``, ``defense``); ``parameters=`` names the
     tensors of ``model`` to train instead of the recipe's rule, and the copy's counterparts are
     trained (with a recipe that splices a block, the block's own tensors too). The model is
-    copied unless ``inplace``. A recipe with a ``blend`` moves the
-    fine-tuned weights back toward the model as it came in after the fine-tune; the history
-    and checkpoints are of the model before the blend. ``target``: with ``val``, the blend is the most robust one that keeps this
-    share of the original's validation SROCC (:func:`surgery.calibration.calibrate_blend`, the
+    copied unless ``inplace``. A recipe with a ``blend`` moves the fine-tuned weights back
+    toward the model as it came in after the fine-tune; the history and checkpoints are of the
+    model before the blend. ``target``: with ``val``, the blend is the most robust one that
+    keeps this share of the original's validation SROCC (:func:`surgery.calibration.calibrate_blend`, the
     report in ``history.calibration``; with a ``checkpoint_dir`` its measurements are kept
     there too, so a rerun, or one with another target, measures nothing again); ``"recipe"``:
     the recipe's (0.99 for ``"robust"``; without ``val``, its fixed blend, with a warning);

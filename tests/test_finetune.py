@@ -510,30 +510,23 @@ def test_a_folder_read_at_another_size_or_another_subset_is_other_data(tmp_path)
     the earlier run: a folder was known by its type, length and scores only."""
     import shutil
 
-    from PIL import Image
     from torch.utils.data import Subset
 
     from surgery.data import ImageFolder
     from surgery.fingerprint import data_fingerprint
     from surgery.training import known_targets
+    from tests.test_cli import _photos
 
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rows = ["image,mos"]
-    for i in range(4):
-        pixels = torch.rand(8, 8, 3, generator=torch.Generator().manual_seed(i)) * 255
-        Image.fromarray(pixels.to(torch.uint8).numpy()).save(folder / f"{i}.png")
-        rows.append(f"{i}.png,{i}")
-    (folder / "scores.csv").write_text("\n".join(rows))
+    folder, table = _photos(tmp_path, 4)
 
     def fingerprint(dataset):
         return data_fingerprint(dataset, targets=known_targets)
 
-    at_16 = fingerprint(ImageFolder(folder, folder / "scores.csv", size=(16, 16)))
-    assert fingerprint(ImageFolder(folder, folder / "scores.csv", size=(32, 32))) != at_16
+    at_16 = fingerprint(ImageFolder(folder, table, size=(16, 16)))
+    assert fingerprint(ImageFolder(folder, table, size=(32, 32))) != at_16
     moved = shutil.copytree(folder, tmp_path / "moved")
-    assert fingerprint(ImageFolder(moved, moved / "scores.csv", size=(16, 16))) == at_16  # a moved folder still resumes
-    images = ImageFolder(folder, folder / "scores.csv", size=(16, 16))
+    assert fingerprint(ImageFolder(moved, table, size=(16, 16))) == at_16  # a moved folder still resumes
+    images = ImageFolder(folder, table, size=(16, 16))
     assert fingerprint(Subset(images, [0, 1])) != fingerprint(Subset(images, [0, 2]))
     assert fingerprint(Subset(images, [0, 1])) == fingerprint(Subset(images, [0, 1]))
 
