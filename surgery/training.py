@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, metrics
 from .attacks.pgd import PGD
+from .checks import check_budget, check_count
 from .fingerprint import data_fingerprint, differences, model_fingerprint, settings_record
 from .scoring import check_images, model_device, per_image_scores, scoring_network
 from .defenses.base import Defense, TrainingScore
@@ -379,19 +380,6 @@ def _gives_model_back_on_error(run: Callable[..., FinetuneResult]) -> Callable[.
     return wrapper
 
 
-def _check_numbers(*, epochs: int, lr: float, weight_decay: float, batch_size: int, grad_clip: float | None) -> None:
-    """Refuse the settings that would train nothing, or climb the loss, without an error."""
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    if not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if not math.isfinite(weight_decay) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    if grad_clip is not None and (not math.isfinite(grad_clip) or grad_clip <= 0):
-        raise ValueError(f"grad_clip must be > 0 (a gradient norm) or None (no clipping), got {grad_clip!r}")
-
-
 @distributed.joins_torchrun(
     lambda model, *args, device=None, **kwargs: torch.device(device) if device is not None else model_device(model)
 )
@@ -461,7 +449,15 @@ def finetune(
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {schedule!r}")
-    _check_numbers(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, grad_clip=grad_clip)
+    # settings that would train nothing, or climb the loss, without an error
+    check_count("finetune", epochs=epochs, batch_size=batch_size)
+    epochs, batch_size = int(epochs), int(batch_size)  # a numpy count is a count; DataLoader takes only int
+    check_budget("finetune", lr=lr)
+    if grad_clip is not None:
+        check_budget("finetune", grad_clip=grad_clip)
+    decays = isinstance(weight_decay, numbers.Real) and not isinstance(weight_decay, bool)
+    if not decays or not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"finetune needs a finite weight_decay >= 0, got weight_decay={weight_decay!r}")
     if val is not None and val is train:
         raise ValueError("val is train: validation (the best epoch, the overfitting check) needs images held out from train")
     torch.manual_seed(seed)

@@ -52,13 +52,13 @@ CASES = {
     "finetune: 0..255 images": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8) * 255, torch.rand(4)), progress=False), ValueError, r"in \[0, 1\]"),
     "finetune: NaN labels": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.full((4,), float("nan"))), progress=False), ValueError, "NaN or inf scores"),
     "finetune: constant validation": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), (torch.rand(3, 3, 8, 8), torch.zeros(3)), progress=False), ValueError, "every val score"),
-    "finetune: no epochs": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), epochs=0, progress=False), ValueError, "epochs must be a whole number >= 1"),
-    "finetune: lr 0": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), lr=0.0, progress=False), ValueError, "lr must be > 0"),
-    "finetune: negative weight decay": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), weight_decay=-1e-4, progress=False), ValueError, "weight_decay must be >= 0"),
-    "finetune: batch size 0": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), batch_size=0, progress=False), ValueError, "batch_size must be"),
-    "finetune: negative grad clip": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), grad_clip=-1.0, progress=False), ValueError, "grad_clip must be > 0"),
+    "finetune: no epochs": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), epochs=0, progress=False), ValueError, "finetune needs an integer epochs >= 1"),
+    "finetune: lr 0": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), lr=0.0, progress=False), ValueError, "finetune needs a finite lr > 0"),
+    "finetune: negative weight decay": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), weight_decay=-1e-4, progress=False), ValueError, "finetune needs a finite weight_decay >= 0"),
+    "finetune: batch size 0": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), batch_size=0, progress=False), ValueError, "finetune needs an integer batch_size >= 1"),
+    "finetune: negative grad clip": (lambda t: surgery.finetune(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), grad_clip=-1.0, progress=False), ValueError, "finetune needs a finite grad_clip > 0"),
     "finetune: val is train": (lambda t: (lambda d: surgery.finetune(TinyIQA(), d, d, progress=False))((torch.rand(4, 3, 8, 8), torch.rand(4))), ValueError, "val is train"),
-    "robustify: no epochs": (lambda t: surgery.robustify(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), target=None, epochs=0, progress=False), ValueError, "epochs must be"),
+    "robustify: no epochs": (lambda t: surgery.robustify(TinyIQA(), (torch.rand(4, 3, 8, 8), torch.rand(4)), target=None, epochs=0, progress=False), ValueError, "needs an integer epochs >= 1"),
     # data and zoo
     "load_image: corrupt": (lambda t: load_image(_corrupt_file(t)), ValueError, "corrupt or not an image"),
     "ImageFolder: missing folder": (lambda t: ImageFolder(os.path.join(t, "absent")), FileNotFoundError, "does not exist"),
@@ -77,6 +77,20 @@ def test_bad_input_gets_a_clear_error(case, tmp_path):
 def test_blend_refuses_a_keep_that_is_not_a_number():
     with pytest.raises(ValueError, match="keep must be in"):
         surgery.blend(TinyIQA(), TinyIQA(), keep=True)
+
+
+def test_numpy_numbers_are_good_settings():
+    """A step count or budget read from a numpy array or a config file is a number like any
+    other (numbers.Integral / numbers.Real), not refused for its type."""
+    import numpy as np
+
+    attack = PGD(eps=np.float32(4 / 255), steps=np.int64(2), seed=np.int32(0))
+    assert attack.steps == 2 and attack(TinyIQA(), torch.rand(2, 3, 8, 8)).shape == (2, 3, 8, 8)
+    model = TinyIQA()
+    before = [p.detach().clone() for p in model.parameters()]
+    surgery.finetune(model, (torch.rand(4, 3, 8, 8), torch.rand(4)), epochs=np.int64(1), batch_size=np.int64(4),
+                     lr=np.float64(1e-3), loss="mse", progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 def test_float64_images_are_attacked_and_scored_in_the_model_dtype():

@@ -17,7 +17,8 @@ from typing import Literal
 
 import torch
 
-from .base import Attack, Objective, check_budget, check_count, check_seed
+from ..checks import check_budget, check_count, check_seed
+from .base import Attack, Objective
 from .pgd import BestIterate
 
 __all__ = ["APGD", "apgd_checkpoints"]
@@ -52,10 +53,10 @@ class APGD(Attack):
             raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
         if not (0 < rho < 1 and 0 <= momentum < 1):
             raise ValueError(f"APGD needs 0 < rho < 1 and 0 <= momentum < 1, got rho={rho}, momentum={momentum}")
-        self.eps = eps
-        self.steps = steps
+        self.eps = float(eps)
+        self.steps = int(steps)
         self.norm = norm
-        self.restarts = restarts
+        self.restarts = int(restarts)
         self.rho = rho
         self.momentum = momentum
         self.seed = check_seed("APGD", seed)

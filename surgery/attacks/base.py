@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import math
 from typing import Callable, Iterator, Literal
 
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 from ..modes import measuring
 from ..scoring import as_model_input, check_images, model_device, score_fn
 
-__all__ = ["Attack", "check_budget", "check_count", "check_seed", "Direction", "Objective", "objective"]
+__all__ = ["Attack", "Direction", "Objective", "objective"]
 
 Direction = Literal["up", "down", "away"]
 DIRECTIONS = ("up", "down", "away")
@@ -46,27 +45,6 @@ def objective(score: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
             clean = score(images).detach()
         return lambda x: (score(x) - clean).square()
     raise ValueError(f"direction must be one of {', '.join(map(repr, DIRECTIONS))}, got {direction!r}")
-
-
-def check_seed(attack: str, seed: int | None) -> int | None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"{attack} needs an integer seed or None, got seed={seed!r}")
-    return seed
-
-
-def check_budget(attack: str, **values: float) -> float:
-    """Each value a finite number > 0 (a budget, a step); returns the last one."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{attack} needs a finite {name} > 0, got {name}={value!r}")
-    return float(value)
-
-
-def check_count(attack: str, **values: int) -> None:
-    """Each value an int >= 1 (steps, iterations, restarts)."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{attack} needs an integer {name} >= 1, got {name}={value!r}")
 
 
 class Attack(abc.ABC):

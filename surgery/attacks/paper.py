@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Attack, Objective, check_budget, check_count, check_seed
+from ..checks import check_budget, check_count, check_seed
+from .base import Attack, Objective
 
 __all__ = ["PaperPGD"]
 
@@ -27,9 +28,9 @@ class PaperPGD(Attack):
     def __init__(self, eps: float = 4 / 255, steps: int = 1, start_bound: float = 10 / 255, seed: int | None = None):
         check_budget("PaperPGD", eps=eps, start_bound=start_bound)
         check_count("PaperPGD", steps=steps)
-        self.eps = eps
-        self.steps = steps
-        self.start_bound = start_bound
+        self.eps = float(eps)
+        self.steps = int(steps)
+        self.start_bound = float(start_bound)
         self.seed = check_seed("PaperPGD", seed)
         self.name = f"paper-pgd-{steps}"
 

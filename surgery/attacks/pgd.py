@@ -21,7 +21,8 @@ from typing import Literal
 
 import torch
 
-from .base import Attack, Objective, check_budget, check_count, check_seed
+from ..checks import check_budget, check_count, check_seed
+from .base import Attack, Objective
 
 __all__ = ["PGD", "default_alpha", "EPS_GRID", "MSU_EPS_GRID", "BestIterate"]
 
@@ -71,12 +72,12 @@ class PGD(Attack):
             raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
         if restarts > 1 and not random_start:
             raise ValueError("restarts > 1 repeats the same deterministic run without random_start=True")
-        self.eps = eps
-        self.steps = steps
+        self.eps = float(eps)
+        self.steps = int(steps)
         self.alpha = default_alpha(eps, steps, random_start) if alpha is None else check_budget("PGD", alpha=alpha)
         self.norm = norm
         self.random_start = random_start
-        self.restarts = restarts
+        self.restarts = int(restarts)
         self.best_iterate = random_start if best_iterate is None else bool(best_iterate)
         if restarts > 1 and not self.best_iterate:
             raise ValueError("restarts > 1 needs best_iterate=True: only the best of the runs is kept")

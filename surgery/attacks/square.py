@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from .base import Attack, Objective, check_budget, check_count, check_seed
+from ..checks import check_budget, check_count, check_seed
+from .base import Attack, Objective
 
 __all__ = ["Square", "square_fraction"]
 
@@ -37,8 +38,8 @@ class Square(Attack):
         check_count("Square", queries=queries)
         if not 0 < p_init <= 1:
             raise ValueError(f"Square needs 0 < p_init <= 1, got p_init={p_init!r}")
-        self.eps = eps
-        self.queries = queries
+        self.eps = float(eps)
+        self.queries = int(queries)
         self.p_init = p_init
         self.seed = check_seed("Square", seed)
         self.name = f"square-{queries}"

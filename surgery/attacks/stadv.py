@@ -13,7 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Attack, Objective, check_budget, check_count
+from ..checks import check_budget, check_count
+from .base import Attack, Objective
 
 __all__ = ["StAdv", "warp", "flow_smoothness"]
 
@@ -57,10 +58,10 @@ class StAdv(Attack):
         check_budget("StAdv", max_flow=max_flow, lr=lr)
         if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
             raise ValueError(f"StAdv needs a finite tau >= 0, got tau={tau!r}")
-        self.steps = steps
-        self.max_flow = max_flow
+        self.steps = int(steps)
+        self.max_flow = float(max_flow)
         self.tau = tau
-        self.lr = lr
+        self.lr = float(lr)
 
     def perturb(self, objective: Objective, images: torch.Tensor) -> torch.Tensor:
         flow = torch.zeros(images.shape[0], 2, *images.shape[-2:], device=images.device, requires_grad=True)

@@ -20,7 +20,8 @@ from torch import nn
 from ..files import atomic_save
 from ..modes import measuring
 from ..scoring import as_model_input, check_images, score_fn
-from .base import Attack, Direction, Objective, check_budget, check_count, objective
+from ..checks import check_budget, check_count
+from .base import Attack, Direction, Objective, objective
 
 __all__ = ["UAP"]
 
@@ -35,9 +36,9 @@ class UAP(Attack):
         check_count("UAP", iterations=iterations)
         if alpha is not None:
             check_budget("UAP", alpha=alpha)
-        self.eps = eps
-        self.iterations = iterations
-        self.alpha = eps / 4 if alpha is None else alpha
+        self.eps = float(eps)
+        self.iterations = int(iterations)
+        self.alpha = eps / 4 if alpha is None else float(alpha)
         self.size = tuple(size)
         self.perturbation: torch.Tensor | None = None
 

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from ..attacks.base import check_budget, check_count
+from ..checks import check_budget, check_count
 from ..attacks.pgd import PGD
 from .base import Defense, LossFn, ScoreFn, as_at_inference
 
@@ -44,7 +44,7 @@ class ConsistencyTraining(Defense):
         check_count("ConsistencyTraining", steps=steps)
         if not beta >= 0:
             raise ValueError(f"ConsistencyTraining: beta must be >= 0, got {beta!r}")
-        self.steps = steps
+        self.steps = int(steps)
         self.beta = float(beta)
         self.alpha = check_budget("ConsistencyTraining", alpha=alpha) if alpha is not None else 2.5 * eps / steps
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
