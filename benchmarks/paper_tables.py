@@ -114,6 +114,7 @@ def load_data(args) -> dict:
         "eval": (eval_images, eval_mos),
         "attack": (eval_images[pick], eval_mos[pick]),
         "attack_subset": pick,
+        "attack_references": dataset.references[[dataset.reference_of(eval_indices[i]) for i in pick.tolist()]],
         "kinds": kinds,
     }
 

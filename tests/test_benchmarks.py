@@ -114,6 +114,30 @@ def test_recipe_front_measures_each_candidate_over_the_keep_grid_on_validation(t
     assert again.returncode == 0 and "epoch 1/" not in again.stderr and (tmp_path / "front.md").read_text() == report
 
 
+@pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
+def test_attack_quality_scores_attacked_images_against_their_references(tmp_path, labels):
+    command = [
+        sys.executable, os.path.join(ROOT, "benchmarks", "attack_quality.py"), "--references", "20", "--eval-references", "1",
+        "--attack-images", "2", "--models", "default", "--eps", "4", "--steps", "2", "--labels", labels,
+        "--out", str(tmp_path / "quality.md"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]  # it refuses references that do not give the pseudo-MOS back
+    report = (tmp_path / "quality.md").read_text()
+    for perturbation in ("random sign noise", "APGD-2 up", "APGD-2 down"):
+        assert f"| default | 4.0000 | {perturbation} |" in report
+
+
+def test_attack_qualitys_sign_noise_moves_every_pixel_by_the_budget(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from attack_quality import sign_noise
+
+    images = torch.rand(2, 3, 8, 8) * 0.5 + 0.25
+    moved = sign_noise(images, 4 / 255, seed=0)
+    torch.testing.assert_close((moved - images).abs(), torch.full_like(images, 4 / 255))
+    assert torch.equal(moved, sign_noise(images, 4 / 255, seed=0)) and (sign_noise(torch.ones(1, 3, 4, 4), 0.5, 0) <= 1).all()
+
+
 def test_recipe_fronts_bn_eval_keeps_the_running_statistics_through_a_fine_tune(monkeypatch):
     """The bn-eval candidate: its BatchNorm layers normalise as at inference while their scale
     and shift train, in the copy robustify makes too."""
