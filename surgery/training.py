@@ -452,12 +452,13 @@ def finetune(
     # settings that would train nothing, or climb the loss, without an error
     check_count("finetune", epochs=epochs, batch_size=batch_size)
     epochs, batch_size = int(epochs), int(batch_size)  # a numpy count is a count; DataLoader takes only int
-    check_budget("finetune", lr=lr)
+    lr = check_budget("finetune", lr=lr)  # as Python numbers: the run's fingerprint reads their repr
     if grad_clip is not None:
-        check_budget("finetune", grad_clip=grad_clip)
+        grad_clip = check_budget("finetune", grad_clip=grad_clip)
     decays = isinstance(weight_decay, numbers.Real) and not isinstance(weight_decay, bool)
     if not decays or not (math.isfinite(weight_decay) and weight_decay >= 0):
         raise ValueError(f"finetune needs a finite weight_decay >= 0, got weight_decay={weight_decay!r}")
+    weight_decay = float(weight_decay)
     if val is not None and val is train:
         raise ValueError("val is train: validation (the best epoch, the overfitting check) needs images held out from train")
     torch.manual_seed(seed)
