@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["check_budget", "check_count", "check_seed"]
+__all__ = ["check_budget", "check_count", "check_non_negative", "check_seed"]
 
 
 def _whole(value) -> bool:
@@ -25,6 +25,14 @@ def check_budget(owner: str, **values: float) -> float:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
             raise ValueError(f"{owner} needs a finite {name} > 0, got {name}={value!r}")
+    return float(value)
+
+
+def check_non_negative(owner: str, **values: float) -> float:
+    """Each value a finite number >= 0 (a weight, a penalty); returns the last one."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{owner} needs a finite {name} >= 0, got {name}={value!r}")
     return float(value)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import os
 import time
 import warnings
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, metrics
 from .attacks.pgd import PGD
-from .checks import check_budget, check_count
+from .checks import check_budget, check_count, check_non_negative
 from .fingerprint import data_fingerprint, differences, model_fingerprint, settings_record
 from .scoring import check_images, model_device, per_image_scores, scoring_network
 from .defenses.base import Defense, TrainingScore
@@ -455,10 +454,7 @@ def finetune(
     lr = check_budget("finetune", lr=lr)  # as Python numbers: the run's fingerprint reads their repr
     if grad_clip is not None:
         grad_clip = check_budget("finetune", grad_clip=grad_clip)
-    decays = isinstance(weight_decay, numbers.Real) and not isinstance(weight_decay, bool)
-    if not decays or not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"finetune needs a finite weight_decay >= 0, got weight_decay={weight_decay!r}")
-    weight_decay = float(weight_decay)
+    weight_decay = check_non_negative("finetune", weight_decay=weight_decay)
     if val is not None and val is train:
         raise ValueError("val is train: validation (the best epoch, the overfitting check) needs images held out from train")
     torch.manual_seed(seed)

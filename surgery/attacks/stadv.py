@@ -8,12 +8,11 @@ the flow is clamped to it after every step, so the attack always respects it.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_budget, check_count
+from ..checks import check_budget, check_count, check_non_negative
 from .base import Attack, Objective
 
 __all__ = ["StAdv", "warp", "flow_smoothness"]
@@ -56,11 +55,9 @@ class StAdv(Attack):
     def __init__(self, steps: int = 5, max_flow: float = 1.0, tau: float = 0.05, lr: float = 0.25):
         check_count("StAdv", steps=steps)
         check_budget("StAdv", max_flow=max_flow, lr=lr)
-        if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
-            raise ValueError(f"StAdv needs a finite tau >= 0, got tau={tau!r}")
         self.steps = int(steps)
         self.max_flow = float(max_flow)
-        self.tau = tau
+        self.tau = check_non_negative("StAdv", tau=tau)
         self.lr = float(lr)
 
     def perturb(self, objective: Objective, images: torch.Tensor) -> torch.Tensor:

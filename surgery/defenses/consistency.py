@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from ..checks import check_budget, check_count
+from ..checks import check_budget, check_count, check_non_negative
 from ..attacks.pgd import PGD
 from .base import Defense, LossFn, ScoreFn, as_at_inference
 
@@ -42,10 +42,8 @@ class ConsistencyTraining(Defense):
         self.eps = check_budget("ConsistencyTraining", eps=eps)
         self.scale = check_budget("ConsistencyTraining", scale=scale)
         check_count("ConsistencyTraining", steps=steps)
-        if not beta >= 0:
-            raise ValueError(f"ConsistencyTraining: beta must be >= 0, got {beta!r}")
         self.steps = int(steps)
-        self.beta = float(beta)
+        self.beta = check_non_negative("ConsistencyTraining", beta=beta)
         self.alpha = check_budget("ConsistencyTraining", alpha=alpha) if alpha is not None else 2.5 * eps / steps
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ValueError(f"ConsistencyTraining: fraction must be in (0, 1], got {fraction!r}")
