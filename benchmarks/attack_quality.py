@@ -40,10 +40,12 @@ def sign_noise(images: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
     return (images + eps * signs).clamp(0, 1)
 
 
-def on_pseudo_mos_scale(model, images: torch.Tensor, mos: torch.Tensor) -> tuple[float, float]:
-    """Slope and intercept of the least-squares line of pseudo-MOS on the model's score."""
-    slope, intercept = np.polyfit(scores(model, images, 32).double().numpy(), mos.double().numpy(), 1)
-    return float(slope), float(intercept)
+def on_pseudo_mos_scale(model, images: torch.Tensor, mos: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """Slope and intercept of the least-squares line of pseudo-MOS on the model's score, and
+    every image's score on that line."""
+    measured = scores(model, images, 32).double()
+    slope, intercept = np.polyfit(measured.numpy(), mos.double().numpy(), 1)
+    return float(slope), float(intercept), measured * slope + intercept
 
 
 def main() -> None:
@@ -66,8 +68,8 @@ def main() -> None:
     rows = []
     for name in args.models:
         model = surgery.create_model(name, pretrained=True).eval()
-        slope, intercept = on_pseudo_mos_scale(model, *data["eval"])
-        clean = scores(model, images, 32).double() * slope + intercept
+        slope, intercept, on_scale = on_pseudo_mos_scale(model, *data["eval"])
+        clean = on_scale[data["attack_subset"]]  # the attacked images are among the test images the line is fitted on
         for eps in args.eps:
             budget = eps / 255
             attacked = {"random sign noise": sign_noise(images, budget, args.seed)}
