@@ -56,7 +56,7 @@ def test_paper_tables_writes_every_report(tmp_path, labels):
 def test_recipe_proof_measures_robustify_against_the_original_and_a_control(tmp_path, labels):
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "recipe_proof.py"), "--references", "20", "--eval-references", "1",
-        "--attack-images", "2", "--tune-steps", "1", "--epochs", "1", "--val-images", "4", "--seeds", "0", "1",
+        "--first-eval-reference", "1", "--attack-images", "2", "--tune-steps", "1", "--epochs", "1", "--val-images", "4", "--seeds", "0", "1",
         "--attacks", "pgd-1", "--strong", "apgd-2", "--masking-steps", "2", "--queries", "4",
         "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
     ]
@@ -68,6 +68,11 @@ def test_recipe_proof_measures_robustify_against_the_original_and_a_control(tmp_
         assert row in report
     assert "apgd-2 down x" in report and "robust vs control" in report and "### default robust s1" in report
     assert "square-4 (black-box)" in report  # the masking checks ran on every row
+    assert "1 held-out references (numbers 2 to 2 in sorted order)" in report  # the first one skipped
+    past = list(command)
+    past[past.index("--first-eval-reference") + 1] = "4"  # 20 references hold 4 held-out ones
+    refused = subprocess.run(past, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert refused.returncode != 0 and "more than the 4 held-out references" in refused.stderr
     # a rerun resumes from the cache: no fine-tune epoch runs again, and the report is the same
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert again.returncode == 0 and "epoch 1/" not in again.stderr
