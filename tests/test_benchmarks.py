@@ -56,7 +56,8 @@ def test_paper_tables_writes_every_report(tmp_path, labels):
 def test_recipe_proof_measures_robustify_against_the_original_and_a_control(tmp_path, labels):
     command = [
         sys.executable, os.path.join(ROOT, "benchmarks", "recipe_proof.py"), "--references", "20", "--eval-references", "1",
-        "--first-eval-reference", "1", "--attack-images", "2", "--tune-steps", "1", "--epochs", "1", "--val-images", "4", "--seeds", "0", "1",
+        "--first-eval-reference", "1", "--attack-images", "2", "--tune-steps", "1", "--epochs", "1", "--val-images", "4",
+        "--seeds", "0", "1",
         "--attacks", "pgd-1", "--strong", "apgd-2", "--masking-steps", "2", "--queries", "4",
         "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
     ]
@@ -89,7 +90,8 @@ def test_recipe_proof_measures_robustify_against_the_original_and_a_control(tmp_
 @pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
 def test_recipe_gap_measures_training_and_validation_images_and_each_distortion(tmp_path, labels):
     command = [
-        sys.executable, os.path.join(ROOT, "benchmarks", "recipe_gap.py"), "--references", "20", "--tune-steps", "1",
+        sys.executable, os.path.join(ROOT, "benchmarks", "recipe_gap.py"), "--references", "20", "--eval-references", "1",
+        "--attack-images", "2", "--tune-steps", "1",
         "--epochs", "1", "--val-images", "30", "--attacked", "2", "--candidates", "recipe", "--labels", labels,
         "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "gap.md"),
     ]
@@ -103,7 +105,8 @@ def test_recipe_gap_measures_training_and_validation_images_and_each_distortion(
 @pytest.mark.skipif(not os.path.isdir(NIPS), reason="../shared/data/nips2017 is not here")
 def test_recipe_front_measures_each_candidate_over_the_keep_grid_on_validation(tmp_path, labels):
     command = [
-        sys.executable, os.path.join(ROOT, "benchmarks", "recipe_front.py"), "--references", "20", "--tune-steps", "1",
+        sys.executable, os.path.join(ROOT, "benchmarks", "recipe_front.py"), "--references", "20", "--eval-references", "1",
+        "--attack-images", "2", "--tune-steps", "1",
         "--epochs", "1", "--val-images", "4", "--candidates", "recipe", "recipe+best", "eps-8+blocks-1+bn-eval+split", "--eps", "4",
         "--target", "0.5",
         "--labels", labels, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "front.md"),
