@@ -8,7 +8,6 @@ the flow is clamped to it after every step, so the attack always respects it.
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
