@@ -105,6 +105,8 @@ def load_data(args) -> dict:
 
     held_out = sorted({dataset.reference_of(i) for i in test.indices})
     first = args.first_eval_reference
+    if first < 0:  # a negative start would slice from the end: other references, silently
+        raise SystemExit(f"--first-eval-reference must be >= 0, got {first}")
     if first + args.eval_references > len(held_out):
         raise SystemExit(f"--first-eval-reference {first} + --eval-references {args.eval_references} asks for more than "
                          f"the {len(held_out)} held-out references of {args.references}: ask for fewer")

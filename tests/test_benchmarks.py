@@ -74,6 +74,9 @@ def test_recipe_proof_measures_robustify_against_the_original_and_a_control(tmp_
     past[past.index("--first-eval-reference") + 1] = "4"  # 20 references hold 4 held-out ones
     refused = subprocess.run(past, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert refused.returncode != 0 and "more than the 4 held-out references" in refused.stderr
+    past[past.index("--first-eval-reference") + 1] = "-1"
+    refused = subprocess.run(past, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert refused.returncode != 0 and "--first-eval-reference must be >= 0, got -1" in refused.stderr
     # a rerun resumes from the cache: no fine-tune epoch runs again, and the report is the same
     again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert again.returncode == 0 and "epoch 1/" not in again.stderr
